@@ -1,0 +1,1 @@
+"""brokerfleet: sizing arithmetic for a broker and its worker fleet (no Ansible import)."""

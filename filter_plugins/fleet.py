@@ -1,0 +1,44 @@
+"""Ansible filters for brokerfleet: a thin adapter over brokerfleet/sizing.py.
+
+The arithmetic lives in the plain Python module so that it is unit-tested without Ansible;
+this file only turns its ValueErrors into AnsibleFilterErrors that name the bad variable.
+"""
+
+import os
+import sys
+
+from ansible.errors import AnsibleFilterError
+
+# The bundle's own package, from this checkout, whether or not it was pip-installed.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from brokerfleet import queues, sizing  # noqa: E402
+
+
+def _adapt(function):
+    def filter_(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except (ValueError, TypeError) as error:
+            raise AnsibleFilterError(f"brokerfleet: {error}") from error
+
+    filter_.__name__ = function.__name__
+    filter_.__doc__ = function.__doc__
+    return filter_
+
+
+class FilterModule:
+    """brokerfleet sizing filters."""
+
+    def filters(self):
+        return {
+            "fleet_group_errors": _adapt(sizing.group_errors),
+            "fleet_host_cpus": _adapt(sizing.host_cpus),
+            "fleet_worker_budget": _adapt(sizing.worker_budget),
+            "fleet_plan": _adapt(sizing.fleet_plan),
+            "fleet_prefetch": _adapt(sizing.prefetch_for),
+            "fleet_queues": _adapt(queues.group_queues),
+            "rabbitmq_queue_policies": _adapt(queues.rabbitmq_queue_policies),
+            "rabbitmq_memory_watermark": _adapt(sizing.memory_watermark),
+            "supervisor_environment": _adapt(sizing.supervisor_environment),
+        }

@@ -1,0 +1,208 @@
+"""Unit and property tests for brokerfleet/sizing.py."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from brokerfleet import sizing
+
+
+def group(name, **keys):
+    return {"name": name, "command": "/bin/true", **keys}
+
+
+# --- group_errors -----------------------------------------------------------------------------
+
+
+def test_valid_groups_have_no_errors():
+    assert sizing.group_errors([group("pocket"), group("chrome", weight=2, min=0, max=3)]) == []
+
+
+@pytest.mark.parametrize(
+    ("groups", "expected"),
+    [
+        ([group("Pocket")], "worker_groups[0] (name 'Pocket'): name must match"),
+        ([group("a-b")], "name must match"),
+        ([group("a"), group("a")], "worker_groups[1] (name 'a'): name is used by an earlier group"),
+        ([group("a", weight=0)], "worker_groups[0] (name 'a'): weight must be a number > 0"),
+        ([group("a", weight=-1)], "weight must be a number > 0"),
+        ([group("a", min=3, max=2)], "worker_groups[0] (name 'a'): max (2) must be >= min (3)"),
+        ([group("a", min=-1)], "min must be an integer >= 0"),
+        ([{"name": "a"}], "worker_groups[0] (name 'a'): command is required"),
+        ([group("a", job_seconds=0)], "job_seconds must be a number > 0"),
+        ([group("a", importance=6)], "importance must be 1 (shed first) to 5 (never shed)"),
+        ("pocket", "worker_groups must be a list"),
+        (["pocket"], "worker_groups[0] must be a mapping"),
+    ],
+)
+def test_group_errors_name_the_variable_and_group(groups, expected):
+    errors = sizing.group_errors(groups)
+    assert any(expected in e for e in errors), errors
+
+
+# --- host_cpus and worker_budget ---------------------------------------------------------------
+
+
+def test_host_cpus_prefers_override_then_nproc_then_vcpus():
+    assert sizing.host_cpus(nproc=4, vcpus=8, override=2) == 2
+    assert sizing.host_cpus(nproc=4, vcpus=8) == 4
+    assert sizing.host_cpus(nproc=None, vcpus=8) == 8
+    with pytest.raises(ValueError, match="fleet_cpus"):
+        sizing.host_cpus()
+    with pytest.raises(ValueError, match="fleet_cpus must be >= 1"):
+        sizing.host_cpus(override=-2)
+
+
+def test_budget_is_cpu_bound_on_a_roomy_host():
+    assert sizing.worker_budget(4, 2, memory_mb=24000, worker_memory_mb=128, reserve_mb=1024) == 8
+
+
+def test_budget_is_capped_by_memory():
+    # 2048 - 1024 reserve leaves 1024 MB: 4 workers of 256 MB, whatever the CPUs allow.
+    assert sizing.worker_budget(16, 4, memory_mb=2048, worker_memory_mb=256, reserve_mb=1024) == 4
+    assert sizing.worker_budget(16, 4, memory_mb=512, worker_memory_mb=256, reserve_mb=1024) == 0
+
+
+def test_budget_rejects_nonsense_knobs():
+    with pytest.raises(ValueError, match="workers_per_cpu"):
+        sizing.worker_budget(4, 0, 1000, 100)
+    with pytest.raises(ValueError, match="worker_memory_mb"):
+        sizing.worker_budget(4, 1, 1000, 0)
+
+
+# --- split_budget ------------------------------------------------------------------------------
+
+
+def test_split_follows_weights():
+    counts = sizing.split_budget(12, [group("a", weight=2, min=0), group("b", weight=1, min=0)])
+    assert counts == {"a": 8, "b": 4}
+
+
+def test_split_respects_max_and_leaves_the_rest_unused():
+    counts = sizing.split_budget(10, [group("a", max=2), group("b", max=3)])
+    assert counts == {"a": 2, "b": 3}
+
+
+def test_split_gives_every_group_its_min_first():
+    counts = sizing.split_budget(4, [group("big", weight=100, min=0), group("small", min=3)])
+    assert counts == {"big": 1, "small": 3}
+
+
+def test_split_refuses_mins_over_budget_naming_the_groups():
+    with pytest.raises(ValueError, match=r"ask for 5 processes at their min \(a=2, b=3\).*is 4"):
+        sizing.split_budget(4, [group("a", min=2), group("b", min=3)])
+
+
+groups_strategy = st.lists(
+    st.fixed_dictionaries(
+        {
+            "weight": st.integers(1, 20) | st.floats(0.1, 20),
+            "min": st.integers(0, 5),
+            "extra": st.none() | st.integers(0, 10),
+        }
+    ),
+    min_size=1,
+    max_size=8,
+).map(
+    lambda specs: [
+        group(
+            f"g{i}",
+            weight=s["weight"],
+            min=s["min"],
+            max=None if s["extra"] is None else s["min"] + s["extra"],
+        )
+        for i, s in enumerate(specs)
+    ]
+)
+
+
+@given(groups=groups_strategy, spare=st.integers(0, 200))
+def test_split_totals_and_bounds_hold(groups, spare):
+    budget = sum(g["min"] for g in groups) + spare
+    counts = sizing.split_budget(budget, groups)
+    capacity = sum(g["max"] if g["max"] is not None else budget for g in groups)
+    assert sum(counts.values()) == min(budget, capacity)
+    for g in groups:
+        assert g["min"] <= counts[g["name"]]
+        assert g["max"] is None or counts[g["name"]] <= g["max"]
+
+
+@given(groups=groups_strategy, spare=st.integers(0, 200))
+def test_heavier_group_never_gets_fewer_than_a_lighter_one_with_the_same_bounds(groups, spare):
+    budget = sum(g["min"] for g in groups) + spare
+    counts = sizing.split_budget(budget, groups)
+    for a in groups:
+        for b in groups:
+            same_bounds = (a["min"], a["max"]) == (b["min"], b["max"])
+            if same_bounds and a["weight"] > b["weight"]:
+                assert counts[a["name"]] >= counts[b["name"]]
+
+
+@given(groups=groups_strategy, spare=st.integers(0, 200), factor=st.integers(2, 5))
+def test_raising_a_weight_never_takes_processes_from_that_group(groups, spare, factor):
+    budget = sum(g["min"] for g in groups) + spare
+    before = sizing.split_budget(budget, groups)
+    heavier = [dict(groups[0], weight=groups[0]["weight"] * factor), *groups[1:]]
+    assert sizing.split_budget(budget, heavier)["g0"] >= before["g0"]
+
+
+# --- prefetch, stop wait, watermark, plan ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("seconds", "prefetch"), [(3600, 1), (5, 1), (1, 1), (0.5, 2), (0.1, 10), (0.001, 100)]
+)
+def test_prefetch_is_one_for_slow_jobs_and_about_a_second_of_work_for_fast_ones(seconds, prefetch):
+    assert sizing.prefetch_for(seconds) == prefetch
+
+
+def test_stop_wait_outlasts_the_job():
+    assert sizing.stop_wait_seconds(5) == 20
+    assert sizing.stop_wait_seconds(0.1) == 11
+
+
+def test_watermark_is_relative_without_a_limit_and_disk_limit_covers_it():
+    mark = sizing.memory_watermark(24000)
+    assert mark == {"relative": 0.4, "absolute_mb": None, "disk_free_limit_mb": 9600}
+
+
+def test_watermark_is_absolute_with_a_limit():
+    mark = sizing.memory_watermark(24000, broker_memory_mb=4096, fraction=0.5)
+    assert mark == {"relative": None, "absolute_mb": 2048, "disk_free_limit_mb": 2048}
+
+
+def test_watermark_refuses_a_limit_above_ram_and_odd_fractions():
+    with pytest.raises(ValueError, match="rabbitmq_memory_limit_mb"):
+        sizing.memory_watermark(1000, broker_memory_mb=2000)
+    with pytest.raises(ValueError, match="rabbitmq_memory_fraction"):
+        sizing.memory_watermark(1000, fraction=0.95)
+
+
+def test_plan_fills_defaults_and_derives_per_group_numbers():
+    plan = sizing.fleet_plan(
+        [group("pocket", weight=3, job_seconds=30), group("chrome", job_seconds=0.2)], budget=8
+    )
+    pocket, chrome = plan
+    assert pocket["queue"] == "pocket" and pocket["importance"] == 3
+    assert (pocket["processes"], pocket["prefetch"], pocket["stopwaitsecs"]) == (6, 1, 70)
+    assert (chrome["processes"], chrome["prefetch"]) == (2, 5)
+
+
+def test_plan_refuses_invalid_groups_with_every_error():
+    with pytest.raises(ValueError, match=r"weight must be.*; .*max \(1\) must be >= min \(2\)"):
+        sizing.fleet_plan([group("a", weight=0), group("b", min=2, max=1)], budget=8)
+
+
+# --- supervisor_environment --------------------------------------------------------------------
+
+
+def test_environment_is_quoted_and_escaped_for_supervisord():
+    rendered = sizing.supervisor_environment(
+        {"BROKER_URL": "amqp://u:p%40ss@h/v", "Q": 'say "hi"\\', "A": 1}
+    )
+    assert rendered == 'A="1",BROKER_URL="amqp://u:p%%40ss@h/v",Q="say \\"hi\\"\\\\"'
+
+
+def test_environment_refuses_bad_names():
+    with pytest.raises(ValueError, match="not a valid name"):
+        sizing.supervisor_environment({"BAD-NAME": "x"})
