@@ -1,0 +1,48 @@
+# brokerfleet: `make deploy` and `make test` are all a newcomer needs (README).
+SHELL := /bin/bash
+VENV := .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# podman on these hosts needs runc and explicit ulimits (molecule/containers.conf).
+export CONTAINERS_CONF := $(CURDIR)/molecule/containers.conf
+export ANSIBLE_FORCE_COLOR := false
+export PY_COLORS := 0
+
+SCENARIOS := default scale
+
+.PHONY: deploy test lint unit molecule test-hosts bench clean
+
+## deploy: the broker and the demo fleet on this machine (inventories/local)
+deploy: $(VENV)/.installed
+	ansible-playbook site.yml
+
+## test: lint, unit tests, then every molecule scenario on podman test hosts
+test: lint unit molecule
+
+lint: $(VENV)/.installed
+	yamllint --strict .
+	ruff check .
+	ruff format --check .
+	ansible-lint --offline
+
+unit: $(VENV)/.installed
+	pytest
+
+molecule: $(VENV)/.installed test-hosts
+	set -e; for scenario in $(SCENARIOS); do molecule test --scenario-name $$scenario; done
+
+## test-hosts: podman, and the locally built image the test hosts run
+test-hosts:
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null \
+	  || { apt-get update -qq || true; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap catatonit; }
+	bash molecule/test-host/build.sh
+
+$(VENV)/.installed: pyproject.toml
+	@python3 -m venv --help >/dev/null 2>&1 \
+	  || { apt-get update -qq || true; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,94 @@
+"""What the scenarios' testinfra tests share: the test hosts, and what an operator would run
+on them (rabbitmqctl, supervisorctl, the reference worker's publish verb)."""
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import testinfra
+import yaml
+
+VHOST = "brokerfleet"
+
+
+@pytest.fixture(scope="session")
+def broker():
+    return testinfra.get_host("podman://broker")
+
+
+@pytest.fixture(scope="session")
+def worker():
+    return testinfra.get_host("podman://worker")
+
+
+@pytest.fixture(scope="session")
+def group_vars():
+    """The scenario's inventory variables, as molecule wrote them."""
+    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+    return yaml.safe_load((inventory / "group_vars" / "all").read_text())
+
+
+def rabbitmqctl(broker, *args):
+    """A rabbitmqctl command's answer, parsed from its JSON formatter."""
+    return json.loads(broker.check_output("rabbitmqctl --formatter json -q " + " ".join(args)))
+
+
+def queues(broker):
+    columns = "name durable policy messages_ready messages_unacknowledged consumers"
+    return {q["name"]: q for q in rabbitmqctl(broker, "list_queues", "-p", VHOST, columns)}
+
+
+def running(worker):
+    """{process name: pid} of the RUNNING supervisord processes."""
+    processes = {}
+    for line in worker.run("supervisorctl status").stdout.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[1] == "RUNNING":
+            processes[fields[0]] = int(fields[3].rstrip(","))
+    return processes
+
+
+def of_group(processes, group):
+    return {name: pid for name, pid in processes.items() if name.rsplit("-", 1)[0] == group}
+
+
+def publish(worker, group, count, seconds, first_id=1):
+    worker.check_output(
+        f"brokerfleet-worker publish --group {group} --count {count} --seconds {seconds} "
+        f"--first-id {first_id}"
+    )
+
+
+def done_ids(worker, queue):
+    """Ids the reference workers of ``queue`` recorded as completed, repeats included."""
+    path = f"/var/lib/brokerfleet/done/{queue}.log"
+    return [int(line) for line in worker.run(f"cat {path} 2>/dev/null").stdout.split()]
+
+
+def wait_until(condition, timeout, step=1.0):
+    """Poll ``condition`` until it returns something truthy; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(step)
+
+
+def converge(**extra_vars):
+    """Re-run the scenario's converge playbook as molecule does, with extra variables."""
+    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+    playbook = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]) / "converge.yml"
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    result = subprocess.run(
+        ["ansible-playbook", "-i", str(inventory), str(playbook), "-e", json.dumps(extra_vars)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout

@@ -1,0 +1,101 @@
+"""What an operator checks after `ansible-playbook site.yml`: the broker tuned from its host,
+no guest, durable queues under policies, each group at its computed size with its prefetch,
+and every published job completed exactly once."""
+
+import json
+
+import pytest
+from conftest import VHOST, done_ids, of_group, publish, queues, rabbitmqctl, running, wait_until
+
+# 2 CPUs x 2 workers per CPU = 4, split 3:1 by weight (molecule.yml).
+EXPECTED = {"imports": 3, "thumbnails": 1}
+PREFETCH = {"imports": 1, "thumbnails": 5}  # jobs of 2 s and 0.2 s
+
+
+def test_broker_runs_with_the_watermark_computed_from_host_ram(broker):
+    status = rabbitmqctl(broker, "status")
+    total_kib = broker.check_output("awk '/MemTotal/ {print $2}' /proc/meminfo")
+    total_bytes = int(total_kib) * 1024
+    assert status["vm_memory_high_watermark_setting"] == {"relative": 0.4}
+    assert status["vm_memory_high_watermark_limit"] == pytest.approx(0.4 * total_bytes, rel=0.01)
+    # disk_free_limit is at least the watermark.
+    assert status["disk_free_limit"] >= status["vm_memory_high_watermark_limit"] * 0.99
+
+
+def test_guest_is_gone_and_only_the_application_user_exists(broker):
+    users = {u["user"]: u["tags"] for u in rabbitmqctl(broker, "list_users")}
+    assert users == {"brokerfleet": ["management"]}
+
+
+def test_management_listens_on_loopback_only(broker):
+    listening = broker.check_output("ss -Hltn 'sport = :15672'")
+    assert "127.0.0.1:15672" in listening
+    assert "0.0.0.0:15672" not in listening and "*:15672" not in listening
+
+
+def test_consumers_without_qos_get_the_server_default_prefetch(broker):
+    answer = broker.check_output(
+        "rabbitmqctl eval 'application:get_env(rabbit, default_consumer_prefetch).'"
+    )
+    assert answer.replace(" ", "") == "{ok,{false,1}}"
+
+
+def test_queues_are_durable_with_dead_lettering_policies(broker):
+    found = queues(broker)
+    for queue in EXPECTED:
+        assert found[queue]["durable"] and found[f"{queue}.dead"]["durable"]
+        assert found[queue]["policy"] == f"brokerfleet-{queue}"
+    policies = {p["name"]: p for p in rabbitmqctl(broker, "list_policies", "-p", VHOST)}
+    definition = policies["brokerfleet-imports"]["definition"]
+    if isinstance(definition, str):
+        definition = json.loads(definition)
+    assert definition["dead-letter-routing-key"] == "imports.dead"
+    assert definition["max-length"] == 1000000
+
+
+def test_each_group_runs_its_computed_number_of_processes(worker):
+    processes = running(worker)
+    for group, count in EXPECTED.items():
+        assert len(of_group(processes, group)) == count, processes
+
+
+def test_consumers_per_queue_match_with_their_prefetch(broker):
+    consumers = rabbitmqctl(broker, "list_consumers", "-p", VHOST)
+    for group, count in EXPECTED.items():
+        mine = [c for c in consumers if c["queue_name"] == group]
+        assert len(mine) == count
+        assert {c["prefetch_count"] for c in mine} == {PREFETCH[group]}
+
+
+def test_every_published_job_completes_exactly_once(broker, worker):
+    publish(worker, "imports", 30, 0.2, first_id=1)
+    publish(worker, "thumbnails", 200, 0.01, first_id=1)
+    for queue, count in (("imports", 30), ("thumbnails", 200)):
+        wait_until(lambda q=queue, n=count: len(done_ids(worker, q)) >= n, 120)
+        assert sorted(done_ids(worker, queue)) == list(range(1, count + 1)), queue
+    for queue in EXPECTED:
+        assert queues(broker)[queue]["messages_ready"] == 0
+        assert queues(broker)[queue]["messages_unacknowledged"] == 0
+
+
+def test_a_message_that_is_not_a_job_is_dead_lettered(broker, worker):
+    worker.check_output(
+        "python3 - <<'EOF'\n"
+        "from importlib.machinery import SourceFileLoader\n"
+        "w = SourceFileLoader('w', '/usr/local/bin/brokerfleet-worker').load_module()\n"
+        "import pika\n"
+        "env = w.group_environment('imports')\n"
+        "c = pika.BlockingConnection(pika.URLParameters(env['BROKER_URL']))\n"
+        "c.channel().basic_publish('', 'imports', b'not json')\n"
+        "c.close()\n"
+        "EOF"
+    )
+    assert wait_until(lambda: queues(broker)["imports.dead"]["messages_ready"] == 1, 30)
+
+
+def test_a_wrong_password_is_refused(worker):
+    result = worker.run(
+        'python3 -c "import pika; pika.BlockingConnection(pika.URLParameters('
+        "'amqp://brokerfleet:wrong@broker:5672/brokerfleet'))\""
+    )
+    assert result.rc != 0 and "ProbableAuthenticationError" in result.stderr
