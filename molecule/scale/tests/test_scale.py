@@ -1,0 +1,66 @@
+"""Re-run to scale: converge at fleet_cpus 2, then 8, then 1 while a backlog drains. Counts
+follow the sizing filters, processes that stay keep their PIDs, surplus ones stop after their
+current job, and every job completes exactly once."""
+
+import time
+
+from conftest import converge, done_ids, of_group, publish, queues, running, wait_until
+
+from brokerfleet import sizing
+
+JOB_SECONDS = 2
+
+
+def expected(group_vars, cpus):
+    # Memory does not bind on the test hosts (GBs of RAM for a budget of at most 32).
+    return sizing.split_budget(cpus * group_vars["workers_per_cpu"], group_vars["worker_groups"])
+
+
+def counts(worker, groups):
+    processes = running(worker)
+    return {g["name"]: len(of_group(processes, g["name"])) for g in groups}
+
+
+def test_rerun_scales_groups_without_restarting_or_losing_anything(broker, worker, group_vars):
+    groups = group_vars["worker_groups"]
+    assert counts(worker, groups) == expected(group_vars, 2)
+    before = running(worker)
+
+    # A backlog the 6 imports workers are draining while the fleet grows.
+    publish(worker, "imports", 200, JOB_SECONDS, first_id=1)
+    started = time.monotonic()
+    converge(fleet_cpus=8)
+    scale_up_seconds = time.monotonic() - started
+
+    grown = expected(group_vars, 8)
+    assert wait_until(lambda: counts(worker, groups) == grown, 60), counts(worker, groups)
+    after_up = running(worker)
+    # Every process that ran before still runs with the same PID: nothing was restarted.
+    assert {name: after_up.get(name) for name in before} == before
+
+    # Keep all imports workers busy through the next converge, whose handler then stops the
+    # surplus ones in the middle of jobs; each must finish and ack its job first.
+    busy_rate = grown["imports"] / JOB_SECONDS
+    backlog = queues(broker)["imports"]["messages_ready"]
+    top_up = max(0, int(busy_rate * scale_up_seconds) + 60 - backlog)
+    publish(worker, "imports", top_up, JOB_SECONDS, first_id=201)
+    total = 200 + top_up
+    converge(fleet_cpus=1)
+    left = queues(broker)["imports"]
+    print(f"scale-down converge ended with {left['messages_ready']} jobs still queued")
+
+    shrunk = expected(group_vars, 1)
+    assert counts(worker, groups) == shrunk
+    after_down = running(worker)
+    kept = {name: pid for name, pid in after_up.items() if name in after_down}
+    assert {name: after_down[name] for name in kept} == kept
+    assert after_down["digest-00"] == before["digest-00"]
+
+    done = wait_until(
+        lambda: len(done_ids(worker, "imports")) >= total and done_ids(worker, "imports"),
+        timeout=total * JOB_SECONDS / shrunk["imports"] + 60,
+    )
+    assert sorted(done) == list(range(1, total + 1)), "jobs lost or done twice"
+    assert queues(broker)["imports"]["messages_unacknowledged"] == 0
+    log = worker.check_output("cat /var/log/supervisor/supervisord.log")
+    assert "SIGKILL" not in log, "a worker was killed instead of finishing its job"
