@@ -44,5 +44,9 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
+## bench: converge timings on fresh test hosts (targets in bench/converge.py, README)
+bench: $(VENV)/.installed test-hosts
+	python bench/converge.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -42,7 +42,9 @@ def test_rerun_scales_groups_without_restarting_or_losing_anything(broker, worke
     # surplus ones in the middle of jobs; each must finish and ack its job first.
     busy_rate = grown["imports"] / JOB_SECONDS
     backlog = queues(broker)["imports"]["messages_ready"]
-    top_up = max(0, int(busy_rate * scale_up_seconds) + 60 - backlog)
+    # The scale-down handler stops surplus workers one by one while the others keep working,
+    # so a third more than the scale-up converge drained, plus a margin.
+    top_up = max(0, int(busy_rate * scale_up_seconds * 1.3) + 60 - backlog)
     publish(worker, "imports", top_up, JOB_SECONDS, first_id=201)
     total = 200 + top_up
     converge(fleet_cpus=1)
@@ -64,3 +66,7 @@ def test_rerun_scales_groups_without_restarting_or_losing_anything(broker, worke
     assert queues(broker)["imports"]["messages_unacknowledged"] == 0
     log = worker.check_output("cat /var/log/supervisor/supervisord.log")
     assert "SIGKILL" not in log, "a worker was killed instead of finishing its job"
+    finished = worker.run(
+        "grep -l 'SIGTERM: finished the current job' /var/log/brokerfleet/imports/*"
+    )
+    print(f"{len(finished.stdout.split())} stopped workers finished a job after SIGTERM")
