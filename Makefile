@@ -33,7 +33,7 @@ molecule: $(VENV)/.installed test-hosts
 ## test-hosts: podman, and the locally built image the test hosts run
 test-hosts:
 	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null \
-	  || { apt-get update -qq || true; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap catatonit; }
+	  || { apt-get update -qq || true; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap; }
 	bash molecule/test-host/build.sh
 
 $(VENV)/.installed: pyproject.toml

@@ -79,9 +79,9 @@ def wait_until(condition, timeout, step=1.0):
 
 
 def converge(**extra_vars):
-    """Re-run the scenario's converge playbook as molecule does, with extra variables."""
+    """Re-run site.yml as molecule's converge does, with extra variables."""
     inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
-    playbook = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]) / "converge.yml"
+    playbook = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "site.yml"
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     result = subprocess.run(
         ["ansible-playbook", "-i", str(inventory), str(playbook), "-e", json.dumps(extra_vars)],
