@@ -1,24 +1,119 @@
-"""The queues a fleet needs on its broker, and the RabbitMQ policies that govern them.
+"""The queues a fleet needs on its broker, the order workers poll them in, and the broker
+policies that govern them.
 
 Plain Python, no Ansible import (see filter_plugins/fleet.py).
 """
 
 from __future__ import annotations
 
+import math
 import re
+from functools import reduce
 
 DEAD_SUFFIX = ".dead"
 
+# Priority levels a group may declare, most urgent first. Each level is its own queue,
+# <queue>.<level>, so a backlog of one level never hides another level's jobs.
+PRIORITY_LEVELS = ("very_high", "high", "medium", "low", "very_low")
+
+# Longest weighted poll cycle (sum of the weights once divided by their common divisor):
+# the cycle travels in every worker's environment.
+MAX_POLL_CYCLE = 1000
+
 
 def group_queues(groups) -> list[str]:
-    """The queue each worker group consumes (its ``queue``, default its name), in order,
-    without repeats: two groups may drain one queue."""
+    """Every queue the worker groups consume, in order, without repeats (two groups may
+    drain one queue). A group's queue is its ``queue``, default its name; a group with
+    ``priority_levels`` consumes one queue per level instead, ``<queue>.<level>``."""
     queues = []
     for group in groups:
-        queue = group.get("queue") or group["name"]
-        if queue not in queues:
-            queues.append(queue)
+        for queue in consumed_queues(group):
+            if queue not in queues:
+                queues.append(queue)
     return queues
+
+
+def consumed_queues(group) -> list[str]:
+    """The queues one group consumes: its queue, or one per priority level, most urgent first."""
+    queue = group.get("queue") or group["name"]
+    levels = group.get("priority_levels")
+    if not levels:
+        return [queue]
+    return [f"{queue}.{level}" for level in PRIORITY_LEVELS if level in levels]
+
+
+def priority_errors(levels) -> list[str]:
+    """What is wrong with a group's ``priority_levels`` (empty when valid)."""
+    if not isinstance(levels, dict) or not levels:
+        return [f"priority_levels must map levels ({', '.join(PRIORITY_LEVELS)}) to weights"]
+    errors = [
+        f"priority_levels: unknown level {level!r}; levels are {', '.join(PRIORITY_LEVELS)}"
+        for level in levels
+        if level not in PRIORITY_LEVELS
+    ]
+    weights = list(levels.values())
+    if not all(isinstance(w, int) and not isinstance(w, bool) and w >= 0 for w in weights):
+        errors.append(f"priority_levels: weights must be integers >= 0, got {levels!r}")
+    elif not any(weights):
+        errors.append("priority_levels: at least one level needs a weight > 0 (all are 0)")
+    elif sum(weights) // reduce(math.gcd, weights) > MAX_POLL_CYCLE:
+        errors.append(
+            f"priority_levels: the weights make a poll cycle longer than {MAX_POLL_CYCLE}; "
+            "use smaller weights"
+        )
+    return errors
+
+
+def poll_order(weights: dict) -> list[str]:
+    """The cycle in which a worker polls priority levels: smooth weighted round-robin.
+
+    Each turn every level gains its weight; the level with the most credit (the most urgent
+    on a tie) is polled and pays back the sum of the weights. The cycle is deterministic, has
+    sum(weights) entries (after dividing by their common divisor), holds each level exactly
+    its weight times, and interleaves the levels instead of polling one level's turns in a
+    burst. Levels of weight 0 are not in the cycle: a worker polls
+    them only when a whole cycle found nothing (see poll_when_idle).
+
+    {very_high: 8, high: 4, medium: 2, low: 1} gives very_high, high, very_high, medium,
+    very_high, high, very_high, low, very_high, high, very_high, medium, very_high, high,
+    very_high.
+    """
+    errors = priority_errors(weights)
+    if errors:
+        raise ValueError("; ".join(errors))
+    levels = [level for level in PRIORITY_LEVELS if weights.get(level, 0) > 0]
+    divisor = reduce(math.gcd, (weights[level] for level in levels))
+    share = {level: weights[level] // divisor for level in levels}
+    total = sum(share.values())
+    credit = dict.fromkeys(levels, 0)
+    order = []
+    for _ in range(total):
+        for level in levels:
+            credit[level] += share[level]
+        # max() keeps the first of equal candidates, and levels are most urgent first.
+        chosen = max(levels, key=lambda level: credit[level])
+        credit[chosen] -= total
+        order.append(chosen)
+    return order
+
+
+def poll_when_idle(weights: dict) -> list[str]:
+    """Levels of weight 0, most urgent first: polled only when every weighted level is empty."""
+    return [level for level in PRIORITY_LEVELS if weights.get(level) == 0]
+
+
+def group_poll_queues(group) -> dict:
+    """What a group's workers poll: ``order`` (the weighted cycle, as queue names) and
+    ``when_idle`` (queues of weight-0 levels). A group without priority levels polls its
+    one queue."""
+    queue = group.get("queue") or group["name"]
+    levels = group.get("priority_levels")
+    if not levels:
+        return {"order": [queue], "when_idle": []}
+    return {
+        "order": [f"{queue}.{level}" for level in poll_order(levels)],
+        "when_idle": [f"{queue}.{level}" for level in poll_when_idle(levels)],
+    }
 
 
 def rabbitmq_queue_policies(groups, max_length=0, extra=None) -> list[dict]:
@@ -47,6 +142,43 @@ def rabbitmq_queue_policies(groups, max_length=0, extra=None) -> list[dict]:
                 {"name": f"brokerfleet-{dead}", "pattern": _exactly(dead), "definition": limits}
             )
     return policies
+
+
+def rabbitmq_policy_changes(wanted, current) -> dict:
+    """What to do so the broker holds the ``wanted`` policies: ``apply`` (missing or different,
+    as given) and ``remove`` (names of brokerfleet- policies no longer wanted).
+
+    ``current`` is ``rabbitmqctl list_policies --formatter json``. Reading every policy once and
+    writing only the differences keeps a re-run fast: each write starts rabbitmqctl, ~2 s.
+    """
+    have = {policy["name"]: policy for policy in current}
+    apply = []
+    for policy in wanted:
+        found = have.get(policy["name"])
+        if not found or (
+            found.get("pattern"),
+            found.get("apply-to"),
+            found.get("definition"),
+            int(found.get("priority", 0)),
+        ) != (policy["pattern"], "queues", policy["definition"], 0):
+            apply.append(policy)
+    names = {policy["name"] for policy in wanted}
+    remove = [name for name in have if name.startswith("brokerfleet-") and name not in names]
+    return {"apply": apply, "remove": remove}
+
+
+def rabbitmq_missing_queues(wanted, current) -> list[str]:
+    """The ``wanted`` queue names not yet declared; ``current`` is the management API's queue
+    list. A queue that exists but is not durable is an error: it would lose its messages on a
+    restart, and RabbitMQ cannot change it in place."""
+    have = {queue["name"]: queue for queue in current}
+    for name in wanted:
+        if name in have and not have[name].get("durable"):
+            raise ValueError(
+                f"queue {name!r} exists but is not durable: its messages would not survive a "
+                "restart; drain and delete it, and the next run declares it durable"
+            )
+    return [name for name in wanted if name not in have]
 
 
 def _exactly(name: str) -> str:

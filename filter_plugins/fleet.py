@@ -12,7 +12,7 @@ from ansible.errors import AnsibleFilterError
 # The bundle's own package, from this checkout, whether or not it was pip-installed.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from brokerfleet import queues, sizing  # noqa: E402
+from brokerfleet import activemq, queues, sizing  # noqa: E402
 
 
 def _adapt(function):
@@ -32,6 +32,8 @@ class FilterModule:
 
     def filters(self):
         return {
+            "activemq_heap_mb": _adapt(activemq.heap_mb),
+            "activemq_broker_limits": _adapt(activemq.broker_limits),
             "fleet_group_errors": _adapt(sizing.group_errors),
             "fleet_host_cpus": _adapt(sizing.host_cpus),
             "fleet_worker_budget": _adapt(sizing.worker_budget),
@@ -39,6 +41,11 @@ class FilterModule:
             "fleet_prefetch": _adapt(sizing.prefetch_for),
             "fleet_queues": _adapt(queues.group_queues),
             "rabbitmq_queue_policies": _adapt(queues.rabbitmq_queue_policies),
+            "rabbitmq_policy_changes": _adapt(queues.rabbitmq_policy_changes),
+            "rabbitmq_missing_queues": _adapt(queues.rabbitmq_missing_queues),
+            "activemq_queue_policies": _adapt(sizing.activemq_queue_policies),
+            "fleet_poll_order": _adapt(queues.poll_order),
             "rabbitmq_memory_watermark": _adapt(sizing.memory_watermark),
             "supervisor_environment": _adapt(sizing.supervisor_environment),
+            "worker_environment": _adapt(sizing.worker_environment),
         }

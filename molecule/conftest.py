@@ -55,17 +55,24 @@ def of_group(processes, group):
     return {name: pid for name, pid in processes.items() if name.rsplit("-", 1)[0] == group}
 
 
-def publish(worker, group, count, seconds, first_id=1):
+def publish(worker, group, count, seconds, first_id=1, level=None):
     worker.check_output(
         f"brokerfleet-worker publish --group {group} --count {count} --seconds {seconds} "
-        f"--first-id {first_id}"
+        f"--first-id {first_id}" + (f" --level {level}" if level else "")
     )
+
+
+def done_jobs(worker, queue):
+    """(id, started, finished) of each job the reference workers of ``queue`` completed,
+    repeats included."""
+    path = f"/var/lib/brokerfleet/done/{queue}.log"
+    lines = worker.run(f"cat {path} 2>/dev/null").stdout.splitlines()
+    return [(int(i), float(s), float(f)) for i, s, f in (line.split() for line in lines)]
 
 
 def done_ids(worker, queue):
     """Ids the reference workers of ``queue`` recorded as completed, repeats included."""
-    path = f"/var/lib/brokerfleet/done/{queue}.log"
-    return [int(line) for line in worker.run(f"cat {path} 2>/dev/null").stdout.split()]
+    return [job[0] for job in done_jobs(worker, queue)]
 
 
 def wait_until(condition, timeout, step=1.0):

@@ -64,6 +64,16 @@ def run_site(tmp_path, **variables):
         ({"worker_groups": [{**GOOD_GROUP, "min": 9}]}, "ask for 9 processes at their min"),
         ({"worker_groups": [{**GOOD_GROUP, "importance": 7}]}, "importance"),
         ({"workers_per_cpu": "many"}, "workers_per_cpu"),
+        (
+            {"worker_groups": [{**GOOD_GROUP, "priority_levels": {"urgent": 1}}]},
+            "(name 'imports'): priority_levels: unknown level 'urgent'",
+        ),
+        (
+            {"worker_groups": [{**GOOD_GROUP, "priority_levels": {"high": 0, "low": 0}}]},
+            "priority_levels: at least one level needs a weight > 0",
+        ),
+        ({"broker_kind": "activemq", "activemq_heap_mb": 10**8}, "activemq_heap_mb"),
+        ({"broker_kind": "activemq", "broker_stomp_port": 61616}, "broker_stomp_port"),
     ],
     ids=[
         "broker_kind",
@@ -77,6 +87,10 @@ def run_site(tmp_path, **variables):
         "over_budget",
         "importance",
         "type",
+        "priority_level",
+        "priority_weights",
+        "activemq_heap",
+        "activemq_ports",
     ],
 )
 def test_bad_input_fails_in_preflight_naming_the_variable(tmp_path, variables, message):

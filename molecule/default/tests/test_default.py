@@ -3,13 +3,25 @@ no guest, durable queues under policies, each group at its computed size with it
 and every published job completed exactly once."""
 
 import json
+import time
 
 import pytest
-from conftest import VHOST, done_ids, of_group, publish, queues, rabbitmqctl, running, wait_until
+from conftest import (
+    VHOST,
+    done_ids,
+    done_jobs,
+    of_group,
+    publish,
+    queues,
+    rabbitmqctl,
+    running,
+    wait_until,
+)
 
-# 2 CPUs x 2 workers per CPU = 4, split 3:1 by weight (molecule.yml).
-EXPECTED = {"imports": 3, "thumbnails": 1}
+# 3 CPUs x 2 workers per CPU = 6, split 3:1:2 by weight (molecule.yml).
+EXPECTED = {"imports": 3, "thumbnails": 1, "reports": 2}
 PREFETCH = {"imports": 1, "thumbnails": 5}  # jobs of 2 s and 0.2 s
+LEVELS = ["very_high", "high", "medium", "low", "very_low"]
 
 
 def test_broker_runs_with_the_watermark_computed_from_host_ram(broker):
@@ -42,7 +54,7 @@ def test_consumers_without_qos_get_the_server_default_prefetch(broker):
 
 def test_queues_are_durable_with_dead_lettering_policies(broker):
     found = queues(broker)
-    for queue in EXPECTED:
+    for queue in ["imports", "thumbnails", *(f"reports.{level}" for level in LEVELS)]:
         assert found[queue]["durable"] and found[f"{queue}.dead"]["durable"]
         assert found[queue]["policy"] == f"brokerfleet-{queue}"
     policies = {p["name"]: p for p in rabbitmqctl(broker, "list_policies", "-p", VHOST)}
@@ -62,9 +74,14 @@ def test_each_group_runs_its_computed_number_of_processes(worker):
 def test_consumers_per_queue_match_with_their_prefetch(broker):
     consumers = rabbitmqctl(broker, "list_consumers", "-p", VHOST)
     for group, count in EXPECTED.items():
-        mine = [c for c in consumers if c["queue_name"] == group]
-        assert len(mine) == count
-        assert {c["prefetch_count"] for c in mine} == {PREFETCH[group]}
+        if group in PREFETCH:
+            mine = [c for c in consumers if c["queue_name"] == group]
+            assert len(mine) == count
+            assert {c["prefetch_count"] for c in mine} == {PREFETCH[group]}
+    # A priority group's workers hold one consumer per level queue, one message each at most.
+    for level in LEVELS:
+        mine = [c for c in consumers if c["queue_name"] == f"reports.{level}"]
+        assert len(mine) == EXPECTED["reports"] and {c["prefetch_count"] for c in mine} == {1}
 
 
 def test_every_published_job_completes_exactly_once(broker, worker):
@@ -73,9 +90,26 @@ def test_every_published_job_completes_exactly_once(broker, worker):
     for queue, count in (("imports", 30), ("thumbnails", 200)):
         wait_until(lambda q=queue, n=count: len(done_ids(worker, q)) >= n, 120)
         assert sorted(done_ids(worker, queue)) == list(range(1, count + 1)), queue
-    for queue in EXPECTED:
+    for queue in ("imports", "thumbnails"):
         assert queues(broker)[queue]["messages_ready"] == 0
         assert queues(broker)[queue]["messages_unacknowledged"] == 0
+
+
+def test_a_very_high_job_overtakes_a_backlog_of_low_ones(broker, worker):
+    # 2 workers, jobs of 1 s: 30 low jobs keep both busy for 15 s.
+    publish(worker, "reports", 30, 1, first_id=1, level="low")
+    time.sleep(3)
+    submitted = time.time()
+    publish(worker, "reports", 1, 1, first_id=1000, level="very_high")
+    assert wait_until(lambda: done_ids(worker, "reports.very_high") == [1000], 30)
+    [(_, started, _)] = done_jobs(worker, "reports.very_high")
+    # The next job either worker takes: within two job lengths, not behind the backlog.
+    assert started - submitted <= 2 * 1
+    assert wait_until(lambda: len(done_ids(worker, "reports.low")) >= 30, 60)
+    assert sorted(done_ids(worker, "reports.low")) == list(range(1, 31))
+    found = queues(broker)
+    left = [found[f"reports.{level}"] for level in LEVELS]
+    assert sum(q["messages_ready"] + q["messages_unacknowledged"] for q in left) == 0
 
 
 def test_a_message_that_is_not_a_job_is_dead_lettered(broker, worker):

@@ -1,0 +1,169 @@
+"""What an operator checks after `ansible-playbook site.yml` with broker_kind activemq: heap,
+limits and prefetch as the broker reports them over JMX, no anonymous access, and the
+production regression: 750 jobs over five priority levels, 4 workers polling in the weighted
+order, all completed, none left in flight, the broker under its memory limit."""
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from conftest import done_ids, done_jobs, of_group, publish, running, wait_until
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from brokerfleet import activemq  # noqa: E402
+
+JMX = "service:jmx:rmi:///jndi/rmi://127.0.0.1:1099/jmxrmi"
+LEVELS = ["very_high", "high", "medium", "low", "very_low"]
+QUEUES = [f"jobs.{level}" for level in LEVELS]
+WORKERS = 4  # fleet_cpus 2 x workers_per_cpu 2 (molecule.yml)
+MB = 1024 * 1024
+
+# Reads one MBean attribute, composite ones too (`activemq query` cannot read java.lang MBeans).
+JMX_GET = """
+import javax.management.ObjectName;
+import javax.management.openmbean.CompositeData;
+import javax.management.remote.JMXConnectorFactory;
+import javax.management.remote.JMXServiceURL;
+
+public class JmxGet {
+    public static void main(String[] a) throws Exception {
+        try (var c = JMXConnectorFactory.connect(new JMXServiceURL(a[0]))) {
+            Object v = c.getMBeanServerConnection().getAttribute(new ObjectName(a[1]), a[2]);
+            System.out.println(a.length > 3 ? ((CompositeData) v).get(a[3]) : v);
+        }
+    }
+}
+"""
+
+
+def query(broker, *selection):
+    """`activemq query` over JMX: one {attribute: value} per MBean, values as text."""
+    output = broker.check_output(f"activemq query --jmxurl {JMX} " + " ".join(selection))
+    beans, bean = [], {}
+    for line in output.splitlines():
+        key, sep, value = line.partition(" = ")
+        if not sep or not key.isalnum():
+            continue
+        if key in bean:
+            beans.append(bean)
+            bean = {}
+        bean[key] = value.strip()
+    return beans + [bean] if bean else beans
+
+
+def broker_usage(broker):
+    view = "MemoryLimit,StoreLimit,TempLimit,MemoryPercentUsage"
+    return {k: int(v) for k, v in query(broker, "-QBroker=localhost", "--view", view)[0].items()}
+
+
+def queue_sizes(broker):
+    view = "Name,QueueSize,InFlightCount,ConsumerCount"
+    beans = query(broker, "'-QQueue=jobs.*'", "--view", view)
+    return {b["Name"]: {k: int(v) for k, v in b.items() if k != "Name"} for b in beans}
+
+
+def test_heap_and_limits_are_the_computed_ones(broker):
+    memory_mb = int(broker.check_output("awk '/MemTotal/ {print $2}' /proc/meminfo")) // 1024
+    heap_mb = activemq.heap_mb(memory_mb)
+    disk_mb = int(broker.check_output("df -m --output=size /var/lib/activemq/main | tail -1"))
+    limits = activemq.broker_limits(heap_mb, disk_mb)
+
+    broker.check_output(f"cat > /tmp/JmxGet.java <<'EOF'{JMX_GET}EOF")
+    heap = broker.check_output(
+        f"java /tmp/JmxGet.java {JMX} java.lang:type=Memory HeapMemoryUsage max"
+    )
+    assert int(heap) == heap_mb * MB
+    usage = broker_usage(broker)
+    assert usage["MemoryLimit"] == limits["memory_mb"] * MB
+    # Store and temp limits are shares of the disk; where other data leaves less free, the
+    # broker lowers them at start to the space it finds (and logs so).
+    free_mb = int(broker.check_output("df -m --output=avail /var/lib/activemq/main | tail -1"))
+    for name, limit_mb in (("StoreLimit", limits["store_mb"]), ("TempLimit", limits["temp_mb"])):
+        assert min(limit_mb, free_mb) * MB * 0.9 <= usage[name] <= limit_mb * MB, name
+
+
+def test_jmx_listens_on_loopback_and_the_workers_reach_openwire_and_stomp(broker):
+    jmx = broker.check_output("ss -Hltn 'sport = :1099'").split()
+    # The JDK's agent listens on an IPv6 socket: [::ffff:127.0.0.1] is IPv4 loopback.
+    assert [address for address in jmx if address.endswith(":1099")] in (
+        ["127.0.0.1:1099"],
+        ["[::ffff:127.0.0.1]:1099"],
+    ), jmx
+    for port in (61616, 61613):  # a separate worker host: every address (Java shows *)
+        listening = broker.check_output(f"ss -Hltn 'sport = :{port}'").split()
+        assert {f"*:{port}", f"0.0.0.0:{port}"} & set(listening), listening
+
+
+def test_each_worker_holds_one_consumer_per_level_with_prefetch_one(broker, worker):
+    assert len(of_group(running(worker), "jobs")) == WORKERS
+    sizes = queue_sizes(broker)
+    for queue in QUEUES:
+        assert sizes[queue]["ConsumerCount"] == WORKERS, queue
+        consumers = query(
+            broker,
+            "--objname",
+            f"'type=Broker,brokerName=localhost,destinationType=Queue,destinationName={queue},"
+            "endpoint=Consumer,*'",
+            "--view",
+            "PrefetchSize",
+        )
+        assert [c["PrefetchSize"] for c in consumers] == ["1"] * WORKERS, queue
+    # JMS clients of this group would pull (prefetch 0); STOMP clients hold one at most.
+    environment = worker.check_output("cat /etc/supervisor/conf.d/brokerfleet-jobs.conf")
+    assert "jms.prefetchPolicy.all=0" in environment
+    assert "activemq.prefetchSize=1" in environment
+
+
+# A bare STOMP CONNECT frame: the broker answers CONNECTED or ERROR.
+STOMP_LOGIN = """python3 - <<'EOF'
+import socket
+connection = socket.create_connection(("broker", 61613), timeout=10)
+connection.sendall(b"CONNECT\\naccept-version:1.2\\nhost:broker\\n{headers}\\n\\0")
+print(connection.recv(4096).split(b"\\n")[0].decode())
+EOF"""
+
+
+def test_anonymous_and_wrong_password_connections_are_refused(worker):
+    def login(headers):
+        return worker.check_output(STOMP_LOGIN.format(headers=headers))
+
+    assert login("") == "ERROR"
+    assert login("login:brokerfleet\\npasscode:wrong\\n") == "ERROR"
+    assert login("login:brokerfleet\\npasscode:molecule-only-secret\\n") == "CONNECTED"
+
+
+def test_750_jobs_over_five_levels_all_complete_in_the_weighted_order(broker, worker):
+    # The production failure: 4 containers, 750 jobs over five priority queues, ActiveMQ's
+    # default prefetch; 36 were processed, then everything stalled.
+    for index, level in enumerate(LEVELS):
+        publish(worker, "jobs", 150, 0.1, first_id=index * 1000 + 1, level=level)
+    peak = 0
+    for _ in range(120):
+        peak = max(peak, broker_usage(broker)["MemoryPercentUsage"])
+        if sum(len(done_ids(worker, queue)) for queue in QUEUES) >= 750:
+            break
+        time.sleep(1)
+    for index, queue in enumerate(QUEUES):
+        first = index * 1000 + 1
+        assert sorted(done_ids(worker, queue)) == list(range(first, first + 150)), queue
+    sizes = queue_sizes(broker)
+    assert all(sizes[q]["QueueSize"] == 0 and sizes[q]["InFlightCount"] == 0 for q in QUEUES)
+    assert peak < 100
+    # Weighted: the more urgent a level, the earlier its jobs ran, though all were queued
+    # at once; very_low (weight 0) ran when the others were empty.
+    middle = [statistics.median(job[1] for job in done_jobs(worker, q)) for q in QUEUES]
+    assert middle == sorted(middle), dict(zip(QUEUES, middle, strict=True))
+    print("median start per level, s after the first:", [round(m - middle[0], 1) for m in middle])
+
+
+def test_a_very_high_job_starts_within_two_job_lengths_behind_a_low_backlog(worker):
+    # 60 low jobs of 1 s keep the 4 workers busy for 15 s.
+    publish(worker, "jobs", 60, 1, first_id=5001, level="low")
+    time.sleep(3)
+    submitted = time.time()
+    publish(worker, "jobs", 1, 1, first_id=9001, level="very_high")
+    assert wait_until(lambda: 9001 in done_ids(worker, "jobs.very_high"), 30)
+    [started] = [job[1] for job in done_jobs(worker, "jobs.very_high") if job[0] == 9001]
+    assert started - submitted <= 2 * 1
+    assert wait_until(lambda: len(done_ids(worker, "jobs.low")) >= 150 + 60, 60)
