@@ -6,6 +6,7 @@ Plain Python, no Ansible import (see filter_plugins/fleet.py).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from functools import reduce
@@ -158,13 +159,18 @@ def rabbitmq_policy_changes(wanted, current) -> dict:
         if not found or (
             found.get("pattern"),
             found.get("apply-to"),
-            found.get("definition"),
+            _definition(found.get("definition")),
             int(found.get("priority", 0)),
         ) != (policy["pattern"], "queues", policy["definition"], 0):
             apply.append(policy)
     names = {policy["name"] for policy in wanted}
     remove = [name for name in have if name.startswith("brokerfleet-") and name not in names]
     return {"apply": apply, "remove": remove}
+
+
+def _definition(value):
+    """A listed policy's definition: rabbitmqctl 3.10 prints it as a JSON string."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def rabbitmq_missing_queues(wanted, current) -> list[str]:

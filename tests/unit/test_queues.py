@@ -1,5 +1,6 @@
 """Unit and property tests for brokerfleet/queues.py and the priority-level parts of sizing."""
 
+import json
 from collections import Counter
 
 import pytest
@@ -127,9 +128,10 @@ def test_policies_dead_letter_each_queue_and_bound_both():
 
 
 def as_listed(policy, **changes):
-    """A policy as `rabbitmqctl list_policies --formatter json` reports it."""
-    listed = {"vhost": "v", "apply-to": "queues", "priority": 0, **policy}
-    return {**listed, **changes}
+    """A policy as `rabbitmqctl list_policies --formatter json` reports it (3.10: the
+    definition as a JSON string)."""
+    listed = {"vhost": "v", "apply-to": "queues", "priority": 0, **policy, **changes}
+    return {**listed, "definition": json.dumps(listed["definition"])}
 
 
 def test_policy_changes_write_only_what_differs_and_remove_stale_ones():
