@@ -288,6 +288,20 @@ def worker_environment(group: dict, process: str, broker: dict) -> dict:
     return environment
 
 
+def fleet_manifest(plan, cpus: int, budget: int) -> dict:
+    """What the play rendered on a worker host, for the checks (/etc/brokerfleet/fleet.json):
+    per group its processes and what the load guard and status report need. No secrets."""
+    keys = ("name", "processes", "min", "max", "importance", "job_seconds")
+    groups = [
+        {
+            **{key: group[key] for key in keys},
+            "queues": list(dict.fromkeys(group["poll_order"] + group["poll_when_idle"])),
+        }
+        for group in plan
+    ]
+    return {"cpus": cpus, "budget": budget, "groups": groups}
+
+
 def supervisor_environment(variables: dict) -> str:
     """A supervisord ``environment=`` value: KEY="value" pairs, quoted and escaped.
 

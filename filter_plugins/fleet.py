@@ -38,6 +38,7 @@ class FilterModule:
             "fleet_host_cpus": _adapt(sizing.host_cpus),
             "fleet_worker_budget": _adapt(sizing.worker_budget),
             "fleet_plan": _adapt(sizing.fleet_plan),
+            "fleet_manifest": _adapt(sizing.fleet_manifest),
             "fleet_prefetch": _adapt(sizing.prefetch_for),
             "fleet_queues": _adapt(queues.group_queues),
             "rabbitmq_queue_policies": _adapt(queues.rabbitmq_queue_policies),

@@ -74,6 +74,9 @@ def run_site(tmp_path, **variables):
         ),
         ({"broker_kind": "activemq", "activemq_heap_mb": 10**8}, "activemq_heap_mb"),
         ({"broker_kind": "activemq", "broker_stomp_port": 61616}, "broker_stomp_port"),
+        ({"fleet_checks_load_high": 5}, "fleet_checks_load_high (5) must be within 0.1-4"),
+        ({"fleet_checks_load_low": 0.9}, "fleet_checks_load_low (0.9) above 0 and below it"),
+        ({"fleet_checks_minute": "61"}, "fleet_checks_minute (61) is not a cron minute field"),
     ],
     ids=[
         "broker_kind",
@@ -91,6 +94,9 @@ def run_site(tmp_path, **variables):
         "priority_weights",
         "activemq_heap",
         "activemq_ports",
+        "load_high",
+        "load_low",
+        "cron_minute",
     ],
 )
 def test_bad_input_fails_in_preflight_naming_the_variable(tmp_path, variables, message):

@@ -167,3 +167,32 @@ def test_a_very_high_job_starts_within_two_job_lengths_behind_a_low_backlog(work
     [started] = [job[1] for job in done_jobs(worker, "jobs.very_high") if job[0] == 9001]
     assert started - submitted <= 2 * 1
     assert wait_until(lambda: len(done_ids(worker, "jobs.low")) >= 150 + 60, 60)
+
+
+def test_moving_a_waiting_job_to_another_level_loses_nothing(broker, worker):
+    # Workers stopped, so that the jobs wait; the move publishes a confirmed copy, then acks.
+    # Holding the check's lock keeps cron's brokerfleet-check from restarting them meanwhile.
+    worker.check_output(
+        "setsid flock /run/brokerfleet-check.lock sleep 40 </dev/null >/dev/null 2>&1 &"
+    )
+    time.sleep(2)  # until flock holds it (after any run in progress)
+    workers = " ".join(of_group(running(worker), "jobs"))
+    worker.check_output(f"supervisorctl stop {workers}")
+    try:
+        publish(worker, "jobs", 5, 0.1, first_id=7001, level="very_low")
+        moved = worker.check_output(
+            "brokerfleet-worker move --group jobs --from very_low --to very_high --id 7003"
+        )
+        assert "moved 1 job" in moved
+
+        def waiting():
+            sizes = queue_sizes(broker)
+            return sizes["jobs.very_low"]["QueueSize"], sizes["jobs.very_high"]["QueueSize"]
+
+        assert wait_until(lambda: waiting() == (4, 1), 10), waiting()
+    finally:
+        worker.check_output(f"supervisorctl start {workers}")
+    assert wait_until(lambda: 7003 in done_ids(worker, "jobs.very_high"), 30)
+    rest = [7001, 7002, 7004, 7005]
+    assert wait_until(lambda: set(rest) <= set(done_ids(worker, "jobs.very_low")), 30)
+    assert 7003 not in done_ids(worker, "jobs.very_low")
