@@ -206,3 +206,65 @@ def test_environment_is_quoted_and_escaped_for_supervisord():
 def test_environment_refuses_bad_names():
     with pytest.raises(ValueError, match="not a valid name"):
         sizing.supervisor_environment({"BAD-NAME": "x"})
+
+
+# --- what each worker gets --------------------------------------------------------------------
+
+BROKER = {
+    "host": "mq1",
+    "user": "app/user",
+    "password": "p@ss:w/rd&x",
+    "vhost": "/",
+    "port": 5672,
+    "openwire_port": 61616,
+    "stomp_port": 61613,
+}
+
+
+def test_rabbitmq_workers_get_an_encoded_amqp_url_and_their_poll_order():
+    [plan] = sizing.fleet_plan([group("jobs", priority_levels={"high": 2, "low": 1})], 2)
+    environment = sizing.worker_environment(plan, "jobs-00", {**BROKER, "kind": "rabbitmq"})
+    assert environment["BROKER_URL"] == "amqp://app%2Fuser:p%40ss%3Aw%2Frd%26x@mq1:5672/%2F"
+    assert environment["FLEET_POLL_ORDER"] == "jobs.high,jobs.low,jobs.high"
+    assert environment["BROKER_PREFETCH"] == 1 and environment["WORKER_PROCESS"] == "jobs-00"
+    assert "BROKER_STOMP_URL" not in environment
+
+
+def test_activemq_workers_get_openwire_and_stomp_urls_carrying_the_prefetch():
+    slow, fast = sizing.fleet_plan(
+        [
+            group("slow", job_seconds=30, environment={"BROKER_URL": "mine"}),
+            group("fast", job_seconds=0.1),
+        ],
+        4,
+    )
+    broker = {**BROKER, "kind": "activemq"}
+    environment = sizing.worker_environment(slow, "slow-00", broker)
+    # The bundle's keys win over the group's own environment.
+    assert environment["BROKER_URL"] == (
+        "tcp://mq1:61616?jms.prefetchPolicy.all=0&jms.userName=app%2Fuser&jms.password=p%40ss%3Aw%2Frd%26x"
+    )
+    assert environment["BROKER_STOMP_URL"].endswith("@mq1:61613?activemq.prefetchSize=1")
+    fast_environment = sizing.worker_environment(fast, "fast-00", broker)
+    assert "jms.prefetchPolicy.all=10&" in fast_environment["BROKER_URL"]
+    assert fast_environment["BROKER_STOMP_URL"].endswith("activemq.prefetchSize=10")
+
+
+def test_manifest_holds_what_the_checks_need_and_no_secrets():
+    plan = sizing.fleet_plan([group("jobs", priority_levels={"high": 1, "low": 0})], 2)
+    manifest = sizing.fleet_manifest(plan, 1, 2)
+    assert manifest == {
+        "cpus": 1,
+        "budget": 2,
+        "groups": [
+            {
+                "name": "jobs",
+                "processes": 2,
+                "min": 1,
+                "max": None,
+                "importance": 3,
+                "job_seconds": 5,
+                "queues": ["jobs.high", "jobs.low"],
+            }
+        ],
+    }
