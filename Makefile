@@ -11,11 +11,15 @@ SCENARIOS := default scale activemq
 # Python scripts the roles install; no .py suffix, so ruff is given them by name.
 SCRIPTS := roles/worker_fleet/files/brokerfleet-worker roles/fleet_checks/files/brokerfleet-check
 
-.PHONY: deploy test lint unit molecule test-hosts bench clean
+.PHONY: deploy status test lint unit molecule test-hosts bench clean
 
 ## deploy: the broker and the demo fleet on this machine (inventories/local)
 deploy: $(VENV)/.installed
 	ansible-playbook site.yml
+
+## status: per queue ready, unacked, consumers, rates, time to drain; per host load, workers
+status: $(VENV)/.installed
+	ansible-playbook playbooks/status.yml
 
 ## test: lint, unit tests, then every molecule scenario on podman test hosts
 test: lint unit molecule

@@ -12,6 +12,8 @@ import re
 from functools import reduce
 
 DEAD_SUFFIX = ".dead"
+# ActiveMQ's individualDeadLetterStrategy names a queue's dead-letter queue by this prefix.
+ACTIVEMQ_DEAD_PREFIX = "ActiveMQ.DLQ.Queue."
 
 # Priority levels a group may declare, most urgent first. Each level is its own queue,
 # <queue>.<level>, so a backlog of one level never hides another level's jobs.
@@ -41,6 +43,19 @@ def consumed_queues(group) -> list[str]:
     if not levels:
         return [queue]
     return [f"{queue}.{level}" for level in PRIORITY_LEVELS if level in levels]
+
+
+def checked_queues(groups, broker_kind) -> list[dict]:
+    """What brokerfleet-check watches on the broker: each consumed queue, its group (the
+    first that consumes it) and its dead-letter queue on ``broker_kind``."""
+    checked = {}
+    for group in groups:
+        for queue in consumed_queues(group):
+            dead = (
+                queue + DEAD_SUFFIX if broker_kind == "rabbitmq" else ACTIVEMQ_DEAD_PREFIX + queue
+            )
+            checked.setdefault(queue, {"name": queue, "group": group["name"], "dead": dead})
+    return list(checked.values())
 
 
 def priority_errors(levels) -> list[str]:

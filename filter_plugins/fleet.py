@@ -41,6 +41,7 @@ class FilterModule:
             "fleet_manifest": _adapt(sizing.fleet_manifest),
             "fleet_prefetch": _adapt(sizing.prefetch_for),
             "fleet_queues": _adapt(queues.group_queues),
+            "fleet_checked_queues": _adapt(queues.checked_queues),
             "rabbitmq_queue_policies": _adapt(queues.rabbitmq_queue_policies),
             "rabbitmq_policy_changes": _adapt(queues.rabbitmq_policy_changes),
             "rabbitmq_missing_queues": _adapt(queues.rabbitmq_missing_queues),

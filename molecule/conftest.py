@@ -12,6 +12,7 @@ import testinfra
 import yaml
 
 VHOST = "brokerfleet"
+STATE = "/var/lib/brokerfleet"  # the state files of brokerfleet-check
 
 
 @pytest.fixture(scope="session")
@@ -87,8 +88,13 @@ def wait_until(condition, timeout, step=1.0):
 
 def converge(**extra_vars):
     """Re-run site.yml as molecule's converge does, with extra variables."""
+    return ansible_playbook("site.yml", **extra_vars)
+
+
+def ansible_playbook(playbook, **extra_vars):
+    """Run one of the bundle's playbooks on the scenario's hosts; its output."""
     inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
-    playbook = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "site.yml"
+    playbook = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / playbook
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     result = subprocess.run(
         ["ansible-playbook", "-i", str(inventory), str(playbook), "-e", json.dumps(extra_vars)],
@@ -99,3 +105,22 @@ def converge(**extra_vars):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
+
+
+def check(host, name):
+    """(exit code, JSON answer) of `brokerfleet-check <name> --json` on ``host``."""
+    result = host.run(f"brokerfleet-check {name} --json")
+    return result.rc, json.loads(result.stdout)
+
+
+def cron_runs(*checks, timeout=75):
+    """Whether cron runs each (host, check name) of ``checks``: waits for a run of each after
+    now. Each run renews /var/lib/brokerfleet/last-<check>.json; the tests run the checks by
+    hand only one at a time, so a renewal meanwhile is cron's."""
+
+    def renewed_since(host, name, start):
+        path = f"{STATE}/last-{name}.json"
+        return lambda: int(host.run(f"stat -c %Y {path} || echo 0").stdout) > start
+
+    waits = [renewed_since(host, name, int(host.check_output("date +%s"))) for host, name in checks]
+    return all(wait_until(renewed, timeout) for renewed in waits)

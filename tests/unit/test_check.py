@@ -87,3 +87,106 @@ def test_bounds_hold_and_it_never_flaps(loads, runs):
     # Two actions are always at least `runs` runs apart.
     acted = [i for i, action in enumerate(actions) if action]
     assert all(b - a >= runs for a, b in zip(acted, acted[1:], strict=False))
+
+
+# --- broker and status --------------------------------------------------------------------
+
+QUEUES = [
+    {"name": "imports", "group": "imports", "dead": "imports.dead"},
+    {"name": "reports.high", "group": "reports", "dead": "reports.high.dead"},
+]
+
+
+def queue(ready=0, unacked=0, consumers=1, published=0, acked=0):
+    return dict(ready=ready, unacked=unacked, consumers=consumers, published=published, acked=acked)
+
+
+def sample(time=0.0, alarms=(), **queues):
+    return {"time": time, "alarms": list(alarms), "usage": {}, "queues": queues}
+
+
+def test_a_backlog_without_consumer_is_critical_and_failed_jobs_a_warning():
+    found = check.broker_problems(
+        sample(
+            imports=queue(ready=12, consumers=0),
+            **{"reports.high": queue(), "imports.dead": queue(ready=2, consumers=0)},
+        ),
+        QUEUES,
+    )
+    assert found == [
+        (
+            check.CRITICAL,
+            "queue imports: 12 jobs waiting and no consumer"
+            " (workers of group imports down or shed)",
+        ),
+        (check.WARNING, "queue imports.dead: 2 failed jobs to look at"),
+    ]
+
+
+def test_idle_queues_without_consumers_and_missing_queues():
+    found = check.broker_problems(sample(imports=queue(consumers=0)), QUEUES)
+    assert found == [(check.WARNING, "queue reports.high does not exist: re-run the play")]
+
+
+def test_broker_alarms_come_first():
+    alarm = (check.CRITICAL, "disk space alarm on rabbit@mq1: publishers are blocked")
+    assert check.broker_problems(sample(alarms=[alarm]), []) == [alarm]
+
+
+def test_rates_come_from_the_counters_of_two_samples():
+    before = sample(10.0, imports=queue(published=100, acked=40), gone=queue())
+    after = sample(
+        30.0,
+        imports=queue(published=140, acked=100),
+        fresh=queue(published=5),
+        gone=queue(published=0, acked=0),
+    )
+    rates = check.queue_rates(before, after)
+    assert rates["imports"] == (2.0, 3.0)
+    assert rates["fresh"] is None  # no counters before
+    assert check.queue_rates(after, before)["imports"] is None  # time went back
+
+
+def test_counters_that_went_back_give_no_rate():
+    before = sample(10.0, imports=queue(published=100, acked=40))
+    after = sample(20.0, imports=queue(published=3, acked=1))  # the queue was re-created
+    assert check.queue_rates(before, after) == {"imports": None}
+
+
+def test_drain_time_uses_the_net_rate():
+    assert check.drain_seconds(0, None) == 0
+    assert check.drain_seconds(600, (1.0, 3.0)) == 300
+    assert check.drain_seconds(600, (3.0, 3.0)) is None  # as much comes in as goes out
+    assert check.drain_seconds(600, None) is None
+
+
+def test_durations_read_at_a_glance():
+    assert [check.duration(s) for s in (None, 0, 0.2, 45, 720, 3 * 3600 + 300, 50 * 3600)] == [
+        "not draining",
+        "empty",
+        "1s",
+        "45s",
+        "12m",
+        "3h 05m",
+        "2d 2h",
+    ]
+
+
+def test_a_growing_backlog_is_the_same_problem_but_a_new_queue_is_news():
+    one = check.problem_signature(["queue imports: 12 jobs waiting and no consumer"])
+    same = check.problem_signature(["queue imports: 13 jobs waiting and no consumer"])
+    other = check.problem_signature(["queue thumbnails: 1 jobs waiting and no consumer"])
+    assert one == same != other
+    assert check.problem_signature([]) == []
+
+
+def test_the_status_text_shows_each_queue_with_its_rates_and_drain_time():
+    report = check.Report("status")
+    config = {"kind": "rabbitmq", "queues": QUEUES[:1]}
+    before = sample(0.0, imports=queue(ready=1200, published=0, acked=0))
+    now = sample(60.0, imports=queue(ready=1000, unacked=4, published=60, acked=240))
+    check.describe_broker(report, config, now, before)
+    lines = report.text().splitlines()
+    assert lines[0] == "brokerfleet status OK"
+    assert lines[3].split() == ["imports", "1000", "4", "1", "1.0", "4.0", "6m"]  # 1004 / 3 s
+    assert report.data["broker"]["queues"]["imports"]["drain_seconds"] == 1004 / 3

@@ -154,3 +154,18 @@ def test_missing_queues_and_a_transient_one_refused():
     assert queues.rabbitmq_missing_queues(["a", "b"], current) == ["b"]
     with pytest.raises(ValueError, match="'t' exists but is not durable"):
         queues.rabbitmq_missing_queues(["t"], current)
+
+
+def test_checked_queues_name_each_queue_its_group_and_dead_letter_queue():
+    groups = [
+        {"name": "imports", "queue": "wallabag.import"},
+        {"name": "reports", "priority_levels": {"high": 2, "low": 1}},
+        {"name": "more-imports", "queue": "wallabag.import"},
+    ]
+    assert queues.checked_queues(groups, "rabbitmq") == [
+        {"name": "wallabag.import", "group": "imports", "dead": "wallabag.import.dead"},
+        {"name": "reports.high", "group": "reports", "dead": "reports.high.dead"},
+        {"name": "reports.low", "group": "reports", "dead": "reports.low.dead"},
+    ]
+    dead = [q["dead"] for q in queues.checked_queues(groups, "activemq")]
+    assert dead[0] == "ActiveMQ.DLQ.Queue.wallabag.import"

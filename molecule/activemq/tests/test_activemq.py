@@ -8,7 +8,16 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import done_ids, done_jobs, of_group, publish, running, wait_until
+from conftest import (
+    check,
+    cron_runs,
+    done_ids,
+    done_jobs,
+    of_group,
+    publish,
+    running,
+    wait_until,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from brokerfleet import activemq  # noqa: E402
@@ -61,6 +70,15 @@ def queue_sizes(broker):
     view = "Name,QueueSize,InFlightCount,ConsumerCount"
     beans = query(broker, "'-QQueue=jobs.*'", "--view", view)
     return {b["Name"]: {k: int(v) for k, v in b.items() if k != "Name"} for b in beans}
+
+
+def test_the_checks_run_from_cron_on_both_hosts_and_see_the_queues(broker, worker):
+    assert cron_runs((broker, "broker"), (worker, "workers"))
+    code, answer = check(broker, "broker")
+    assert (code, answer["status"]) == (0, "OK"), answer
+    assert set(answer["broker"]["queues"]) == set(QUEUES)
+    assert {q["consumers"] for q in answer["broker"]["queues"].values()} == {WORKERS}
+    assert set(answer["broker"]["usage"]) == {"memory", "store", "temp"}
 
 
 def test_heap_and_limits_are_the_computed_ones(broker):
@@ -173,7 +191,7 @@ def test_moving_a_waiting_job_to_another_level_loses_nothing(broker, worker):
     # Workers stopped, so that the jobs wait; the move publishes a confirmed copy, then acks.
     # Holding the check's lock keeps cron's brokerfleet-check from restarting them meanwhile.
     worker.check_output(
-        "setsid flock /run/brokerfleet-check.lock sleep 40 </dev/null >/dev/null 2>&1 &"
+        "setsid flock /run/brokerfleet-check-workers.lock sleep 40 </dev/null >/dev/null 2>&1 &"
     )
     time.sleep(2)  # until flock holds it (after any run in progress)
     workers = " ".join(of_group(running(worker), "jobs"))
@@ -190,6 +208,10 @@ def test_moving_a_waiting_job_to_another_level_loses_nothing(broker, worker):
             return sizes["jobs.very_low"]["QueueSize"], sizes["jobs.very_high"]["QueueSize"]
 
         assert wait_until(lambda: waiting() == (4, 1), 10), waiting()
+        code, answer = check(broker, "broker")
+        assert code == 2 and "queue jobs.very_low: 4 jobs waiting and no consumer" in " ".join(
+            answer["problems"]
+        )
     finally:
         worker.check_output(f"supervisorctl start {workers}")
     assert wait_until(lambda: 7003 in done_ids(worker, "jobs.very_high"), 30)

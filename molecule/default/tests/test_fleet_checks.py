@@ -1,8 +1,19 @@
-"""Drills for brokerfleet-check, run by cron every minute on the worker host: dead workers, a
+"""Drills for brokerfleet-check, run by cron every minute on both hosts: dead workers, a
 stopped group and a stopped supervisord come back within a cron period; under load the least
-important group shrinks, and grows back when the load falls."""
+important group shrinks, and grows back when the load falls; a disk alarm and a queue left
+without consumers are reported; the status report shows queues, rates and workers."""
 
-from conftest import of_group, running, wait_until
+import time
+
+from conftest import (
+    ansible_playbook,
+    check,
+    cron_runs,
+    of_group,
+    publish,
+    running,
+    wait_until,
+)
 
 CRON_PERIOD = 60
 EXPECTED = {"imports": 3, "thumbnails": 1, "reports": 2}  # molecule.yml
@@ -14,15 +25,17 @@ def complete(worker):
     return all(len(of_group(processes, g)) == n for g, n in EXPECTED.items()) and processes
 
 
-def check_log(worker):
-    return worker.run("cat /var/log/brokerfleet/check.log").stdout
+def check_log(host):
+    return host.run("cat /var/log/brokerfleet/check.log").stdout
 
 
-def test_the_check_runs_from_cron_and_reports_ok(worker):
-    assert "brokerfleet-check workers" in worker.check_output("cat /etc/cron.d/brokerfleet-check")
-    result = worker.run("brokerfleet-check workers --json")
-    assert result.rc == 0, result.stdout
-    assert '"status": "OK"' in result.stdout
+def test_the_checks_run_from_cron_on_both_hosts_and_report_ok(broker, worker):
+    assert cron_runs((broker, "broker"), (worker, "workers"))
+    assert "workers" not in broker.check_output("cat /etc/cron.d/brokerfleet-check")
+    for host, name in ((broker, "broker"), (worker, "workers")):
+        code, answer = check(host, name)
+        assert (code, answer["status"]) == (0, "OK"), answer
+    assert set(answer["groups"]) == set(EXPECTED)
 
 
 def test_killed_workers_and_a_stopped_group_are_back_within_a_cron_period(worker):
@@ -57,3 +70,52 @@ def test_load_guard_sheds_the_least_important_group_then_gives_it_back(worker):
     log = check_log(worker)
     assert "load guard: shed one worker of thumbnails" in log
     assert "load guard: restore one worker of thumbnails" in log
+
+
+def test_a_disk_alarm_is_reported_with_exit_code_and_json(broker):
+    limit = broker.check_output("awk '/^disk_free_limit/ {print $3}' /etc/rabbitmq/rabbitmq.conf")
+    broker.check_output("rabbitmqctl set_disk_free_limit 100000GB")  # above any free disk
+    try:
+        # First the cron run: nothing else runs the check meanwhile.
+        assert wait_until(lambda: "disk space alarm on rabbit@" in check_log(broker), 75)
+        code, answer = check(broker, "broker")
+        assert (code, answer["status"]) == (2, "CRITICAL")
+        assert any(p.startswith("disk space alarm on rabbit@") for p in answer["problems"])
+    finally:
+        broker.check_output(f"rabbitmqctl set_disk_free_limit {limit}")
+    assert wait_until(lambda: check(broker, "broker")[0] == 0, 30)
+
+
+def test_a_backlog_without_consumers_is_critical(broker, worker):
+    # Holding the workers check's lock keeps cron from restarting the stopped group meanwhile.
+    worker.check_output(
+        "setsid flock /run/brokerfleet-check-workers.lock sleep 30 </dev/null >/dev/null 2>&1 &"
+    )
+    time.sleep(2)  # until flock holds it (after any run in progress)
+    worker.check_output("supervisorctl stop thumbnails-00")
+    try:
+        publish(worker, "thumbnails", 5, 0.1, first_id=90001)
+        alert = "queue thumbnails: 5 jobs waiting and no consumer"
+        # The management API's figures lag by up to 5 s.
+        assert wait_until(
+            lambda: any(p.startswith(alert) for p in check(broker, "broker")[1]["problems"]), 20
+        )
+        assert check(broker, "broker")[0] == 2
+    finally:
+        worker.check_output("supervisorctl start thumbnails-00")
+    assert wait_until(lambda: check(broker, "broker")[0] == 0, 30)
+
+
+def test_the_status_report_shows_queues_with_rates_and_workers(worker):
+    # 100 s of work for the 3 workers; the rates are measured from the cron run's last sample
+    # (or over 10 s when it is too recent).
+    publish(worker, "imports", 300, 1, first_id=91001)
+    time.sleep(10)
+    report = ansible_playbook("playbooks/status.yml")
+    print(report)
+    imports = next(line.split() for line in report.splitlines() if line.split()[:1] == ["imports"])
+    ready, unacked, consumers, _, out_rate = imports[1:6]
+    assert int(ready) + int(unacked) > 0 and int(consumers) == EXPECTED["imports"]
+    assert float(out_rate) > 0
+    assert "imports: 3 running of 3 expected" in report
+    assert "load per CPU" in report

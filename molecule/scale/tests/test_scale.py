@@ -4,7 +4,16 @@ current job, and every job completes exactly once."""
 
 import time
 
-from conftest import converge, done_ids, of_group, publish, queues, running, wait_until
+from conftest import (
+    converge,
+    cron_runs,
+    done_ids,
+    of_group,
+    publish,
+    queues,
+    running,
+    wait_until,
+)
 
 from brokerfleet import sizing
 
@@ -19,6 +28,10 @@ def expected(group_vars, cpus):
 def counts(worker, groups):
     processes = running(worker)
     return {g["name"]: len(of_group(processes, g["name"])) for g in groups}
+
+
+def test_the_checks_run_from_cron_on_both_hosts(broker, worker):
+    assert cron_runs((broker, "broker"), (worker, "workers"))
 
 
 def test_rerun_scales_groups_without_restarting_or_losing_anything(broker, worker, group_vars):
