@@ -223,10 +223,13 @@ def activemq_queue_policies(groups) -> list[dict]:
     return list(policies.values())
 
 
-def fleet_plan(groups, budget: int) -> list[dict]:
+def fleet_plan(groups, budget: int, autoscale: bool = False) -> list[dict]:
     """The groups with their defaults filled in and what the bundle derives for each:
-    ``processes``, ``prefetch``, ``openwire_prefetch``, ``stopwaitsecs``, and the queues its
-    workers poll (``poll_order``, ``poll_when_idle``).
+    ``processes``, ``prefetch``, ``openwire_prefetch``, ``stopwaitsecs``, the queues its
+    workers poll (``poll_order``, ``poll_when_idle``), and ``slots``: the supervisord programs
+    rendered for it. With ``autoscale`` a group may gain workers from idle groups, so it gets
+    a program for each worker it may reach (its max, or the whole budget); only the first
+    ``processes`` start by themselves.
     """
     errors = group_errors(groups)
     if errors:
@@ -242,6 +245,8 @@ def fleet_plan(groups, budget: int) -> list[dict]:
         polls = queues.group_poll_queues(g)
         g["poll_order"] = polls["order"]
         g["poll_when_idle"] = polls["when_idle"]
+        ceiling = budget if g["max"] is None else min(g["max"], budget)
+        g["slots"] = max(g["processes"], ceiling) if autoscale else g["processes"]
         plan.append(g)
     return plan
 
@@ -291,7 +296,7 @@ def worker_environment(group: dict, process: str, broker: dict) -> dict:
 def fleet_manifest(plan, cpus: int, budget: int) -> dict:
     """What the play rendered on a worker host, for the checks (/etc/brokerfleet/fleet.json):
     per group its processes and what the load guard and status report need. No secrets."""
-    keys = ("name", "processes", "min", "max", "importance", "job_seconds")
+    keys = ("name", "processes", "slots", "min", "max", "importance", "job_seconds")
     groups = [
         {
             **{key: group[key] for key in keys},

@@ -77,6 +77,7 @@ def run_site(tmp_path, **variables):
         ({"fleet_checks_load_high": 5}, "fleet_checks_load_high (5) must be within 0.1-4"),
         ({"fleet_checks_load_low": 0.9}, "fleet_checks_load_low (0.9) above 0 and below it"),
         ({"fleet_checks_minute": "61"}, "fleet_checks_minute (61) is not a cron minute field"),
+        ({"fleet_autoscale_horizon": -5}, "fleet_autoscale_horizon (-5) must be within 0-86400"),
     ],
     ids=[
         "broker_kind",
@@ -97,6 +98,7 @@ def run_site(tmp_path, **variables):
         "load_high",
         "load_low",
         "cron_minute",
+        "autoscale_horizon",
     ],
 )
 def test_bad_input_fails_in_preflight_naming_the_variable(tmp_path, variables, message):

@@ -64,11 +64,13 @@ def test_shed_counts_follow_a_smaller_manifest():
 
 
 def test_expected_processes_leave_out_the_highest_numbers():
-    expected = check.expected_processes(GROUPS[:2], {"imports": 1})
+    groups = [{**GROUPS[0], "slots": 4}, {**GROUPS[1], "slots": 2}]
+    expected = check.expected_processes(groups, {"imports": 1})
     assert expected == {
         "imports-00": True,
         "imports-01": True,
         "imports-02": False,
+        "imports-03": False,  # autoscale's spare slot
         "thumbnails-00": True,
         "thumbnails-01": True,
     }
@@ -190,3 +192,110 @@ def test_the_status_text_shows_each_queue_with_its_rates_and_drain_time():
     assert lines[0] == "brokerfleet status OK"
     assert lines[3].split() == ["imports", "1000", "4", "1", "1.0", "4.0", "6m"]  # 1004 / 3 s
     assert report.data["broker"]["queues"]["imports"]["drain_seconds"] == 1004 / 3
+
+
+# --- autoscale ------------------------------------------------------------------------------
+
+FLEET = [  # a budget of 8, every group rendered with 8 slots
+    {
+        "name": "imports",
+        "processes": 4,
+        "slots": 8,
+        "min": 1,
+        "max": 6,
+        "importance": 4,
+        "job_seconds": 20,
+    },
+    {
+        "name": "thumbnails",
+        "processes": 2,
+        "slots": 8,
+        "min": 0,
+        "max": None,
+        "importance": 1,
+        "job_seconds": 1,
+    },
+    {
+        "name": "reports",
+        "processes": 2,
+        "slots": 8,
+        "min": 1,
+        "max": None,
+        "importance": 3,
+        "job_seconds": 5,
+    },
+]
+
+
+def scale(moved, backlog, times=1, horizon=300):
+    actions = []
+    for _ in range(times):
+        moved, action = check.autoscale_step(moved, FLEET, backlog, horizon)
+        actions.append(action)
+    return moved, actions
+
+
+def test_autoscale_moves_workers_from_idle_groups_to_a_long_backlog():
+    # 600 imports x 20 s / 4 workers = 50 minutes > 5: take from the idle groups, least
+    # important first, never below a min, never above imports' max of 6.
+    moved, actions = scale({}, {"imports": 600}, times=4)
+    assert actions == [
+        ("move", "thumbnails", "imports"),
+        ("move", "thumbnails", "imports"),
+        None,
+        None,
+    ]
+    assert moved == {"imports": 2, "thumbnails": -2, "reports": 0}
+
+
+def test_autoscale_takes_nothing_from_a_busy_group_and_holds_when_unsure():
+    assert scale({}, {"imports": 600, "thumbnails": 5, "reports": 3})[1] == [None]
+    assert scale({"imports": 1, "thumbnails": -1}, None) == (
+        {"imports": 1, "thumbnails": -1, "reports": 0},
+        [None],
+    )
+
+
+def test_autoscale_gives_workers_back_once_the_backlog_is_short():
+    moved, actions = scale({"imports": 2, "thumbnails": -1, "reports": -1}, {}, times=3)
+    assert actions == [
+        ("return", "imports", "reports"),  # to the more important lender first
+        ("return", "imports", "thumbnails"),
+        None,
+    ]
+    assert moved == {"imports": 0, "thumbnails": 0, "reports": 0}
+
+
+def test_a_short_backlog_moves_nothing():
+    # 40 x 20 s / 4 = 200 s, within the 300 s horizon.
+    assert scale({}, {"imports": 40})[1] == [None]
+
+
+def test_group_backlog_sums_each_groups_queues_from_a_fresh_sample():
+    groups = [{"name": "reports", "queues": ["reports.high", "reports.low"]}]
+    sample = {
+        "time": 1000.0,
+        "queues": {
+            "reports.high": {"ready": 3, "unacked": 1},
+            "reports.low": {"ready": 10, "unacked": 0},
+        },
+    }
+    assert check.group_backlog(groups, sample, now=1060.0) == {"reports": 14}
+    assert check.group_backlog(groups, sample, now=2000.0) is None  # stale
+    assert check.group_backlog(groups, None, now=1000.0) is None
+
+
+backlogs = st.fixed_dictionaries({g["name"]: st.integers(0, 2000) for g in FLEET})
+
+
+@given(backlog=backlogs, runs=st.integers(1, 30))
+def test_autoscale_keeps_the_budget_and_bounds_and_settles(backlog, runs):
+    moved, actions = scale({}, backlog, times=runs)
+    assert sum(moved.values()) == 0  # workers move, the budget stays
+    for group in FLEET:
+        workers = group["processes"] + moved[group["name"]]
+        ceiling = group["slots"] if group["max"] is None else group["max"]
+        assert group["min"] <= workers <= max(ceiling, group["processes"])
+    # Under a constant backlog it settles: once it holds still, it stays still.
+    settled = actions.index(None) if None in actions else len(actions)
+    assert all(action is None for action in actions[settled:])

@@ -260,6 +260,7 @@ def test_manifest_holds_what_the_checks_need_and_no_secrets():
             {
                 "name": "jobs",
                 "processes": 2,
+                "slots": 2,
                 "min": 1,
                 "max": None,
                 "importance": 3,
@@ -268,3 +269,14 @@ def test_manifest_holds_what_the_checks_need_and_no_secrets():
             }
         ],
     }
+
+
+def test_autoscale_renders_spare_slots_up_to_max_or_the_budget():
+    groups = [group("imports", weight=3), group("thumbnails", max=3), group("digest", max=1)]
+    plan = sizing.fleet_plan(groups, 8, autoscale=True)
+    assert {g["name"]: (g["processes"], g["slots"]) for g in plan} == {
+        "imports": (6, 8),
+        "thumbnails": (1, 3),
+        "digest": (1, 1),
+    }
+    assert [g["slots"] for g in sizing.fleet_plan(groups, 8)] == [6, 1, 1]  # off: no spares

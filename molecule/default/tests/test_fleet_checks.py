@@ -3,6 +3,8 @@ stopped group and a stopped supervisord come back within a cron period; under lo
 important group shrinks, and grows back when the load falls; a disk alarm and a queue left
 without consumers are reported; the status report shows queues, rates and workers."""
 
+import json
+import shlex
 import time
 
 from conftest import (
@@ -18,6 +20,7 @@ from conftest import (
 CRON_PERIOD = 60
 EXPECTED = {"imports": 3, "thumbnails": 1, "reports": 2}  # molecule.yml
 DRILL_LOAD = "/var/lib/brokerfleet/drill-load"  # fleet_checks_load_source in molecule.yml
+DRILL_BACKLOG = "/var/lib/brokerfleet/drill-backlog.json"  # fleet_checks_backlog_source
 
 
 def complete(worker):
@@ -70,6 +73,28 @@ def test_load_guard_sheds_the_least_important_group_then_gives_it_back(worker):
     log = check_log(worker)
     assert "load guard: shed one worker of thumbnails" in log
     assert "load guard: restore one worker of thumbnails" in log
+
+
+def drill_backlog(worker, **jobs):
+    """A broker sample for autoscale with ``jobs`` waiting per queue, as of now."""
+    queues = {queue: {"ready": count, "unacked": 0} for queue, count in jobs.items()}
+    sample = json.dumps({"time": time.time(), "queues": queues})
+    worker.check_output(f"echo {shlex.quote(sample)} > {DRILL_BACKLOG}")
+
+
+def test_autoscale_moves_workers_to_a_long_backlog_then_gives_them_back(worker):
+    # 1000 imports x 2 s / 3 workers: 11 minutes, beyond the 60 s horizon (molecule.yml).
+    drill_backlog(worker, imports=1000)
+    try:
+        assert wait_until(lambda: len(of_group(running(worker), "imports")) > 3, CRON_PERIOD + 15)
+        assert not of_group(running(worker), "thumbnails")  # the least important idle group
+        drill_backlog(worker)  # every queue idle
+        assert wait_until(lambda: complete(worker), 3 * CRON_PERIOD + 15)
+    finally:
+        worker.run(f"rm -f {DRILL_BACKLOG}")
+    log = check_log(worker)
+    assert "autoscale: move one worker from thumbnails to imports" in log
+    assert "autoscale: return one worker from imports to thumbnails" in log
 
 
 def test_a_disk_alarm_is_reported_with_exit_code_and_json(broker):
