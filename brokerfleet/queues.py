@@ -51,11 +51,16 @@ def checked_queues(groups, broker_kind) -> list[dict]:
     checked = {}
     for group in groups:
         for queue in consumed_queues(group):
-            dead = (
-                queue + DEAD_SUFFIX if broker_kind == "rabbitmq" else ACTIVEMQ_DEAD_PREFIX + queue
-            )
+            dead = dead_letter_queue(queue, broker_kind)
             checked.setdefault(queue, {"name": queue, "group": group["name"], "dead": dead})
     return list(checked.values())
+
+
+def dead_letter_queue(queue: str, broker_kind: str) -> str:
+    """Where ``broker_kind`` moves a queue's rejected and expired messages: ``<queue>.dead`` on
+    RabbitMQ (the bundle's policy), ``ActiveMQ.DLQ.Queue.<queue>`` on ActiveMQ (its
+    individualDeadLetterStrategy)."""
+    return queue + DEAD_SUFFIX if broker_kind == "rabbitmq" else ACTIVEMQ_DEAD_PREFIX + queue
 
 
 def priority_errors(levels) -> list[str]:

@@ -7,28 +7,21 @@ computed here, so a newcomer finds each decision in one place.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+import json
 import math
-import re
+import shlex
 from urllib.parse import quote
 
-from brokerfleet import queues
+from brokerfleet import inputs, queues
 
-GROUP_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# The worker-group contract, its defaults and its checks, lives in brokerfleet/inputs.py;
+# fleet_plan refuses groups that break it.
+from brokerfleet.inputs import GROUP_DEFAULTS, group_errors
 
-# Defaults of the worker-group contract (README "Worker group contract").
-GROUP_DEFAULTS = {
-    "weight": 1,
-    "min": 1,
-    "max": None,
-    "job_seconds": 5,
-    "importance": 3,
-    "environment": {},
-    "recycle_after": None,
-    "directory": "/",
-    "user": "brokerfleet",
-    "priority_levels": None,
-}
+# Version of the worker spec files brokerfleet-exec reads (worker_spec).
+WORKER_SPEC_FORMAT = 1
 
 # Largest prefetch handed to a consumer of very short jobs. RabbitMQ's guide to consumer
 # prefetch finds 100-300 gives the best throughput for tiny jobs; the low end keeps the
@@ -36,64 +29,14 @@ GROUP_DEFAULTS = {
 MAX_PREFETCH = 100
 
 
-def group_errors(groups) -> list[str]:
-    """Every contract violation in ``worker_groups``, each naming the variable and the group.
-
-    An empty list means the groups are valid. Types are checked by the role's argument spec;
-    these are the rules a spec cannot express.
-    """
-    if not isinstance(groups, list):
-        return [f"worker_groups must be a list of groups, got {type(groups).__name__}"]
-    errors = []
-    seen = set()
-    for index, group in enumerate(groups):
-        if not isinstance(group, dict):
-            errors.append(f"worker_groups[{index}] must be a mapping, got {group!r}")
-            continue
-        name = group.get("name")
-        where = f"worker_groups[{index}] (name {name!r})"
-        if not isinstance(name, str) or not GROUP_NAME.match(name):
-            errors.append(f"{where}: name must match {GROUP_NAME.pattern}")
-        elif name in seen:
-            errors.append(f"{where}: name is used by an earlier group; names must be unique")
-        seen.add(name)
-        if not group.get("command"):
-            errors.append(f"{where}: command is required")
-        weight = group.get("weight", GROUP_DEFAULTS["weight"])
-        if not _is_number(weight) or weight <= 0:
-            errors.append(f"{where}: weight must be a number > 0, got {weight!r}")
-        low = group.get("min", GROUP_DEFAULTS["min"])
-        if not isinstance(low, int) or isinstance(low, bool) or low < 0:
-            errors.append(f"{where}: min must be an integer >= 0, got {low!r}")
-            low = 0
-        high = group.get("max")
-        if high is not None and (not isinstance(high, int) or isinstance(high, bool)):
-            errors.append(f"{where}: max must be an integer, got {high!r}")
-        elif high is not None and high < low:
-            errors.append(f"{where}: max ({high}) must be >= min ({low})")
-        seconds = group.get("job_seconds", GROUP_DEFAULTS["job_seconds"])
-        if not _is_number(seconds) or seconds <= 0:
-            errors.append(f"{where}: job_seconds must be a number > 0, got {seconds!r}")
-        importance = group.get("importance", GROUP_DEFAULTS["importance"])
-        if importance not in (1, 2, 3, 4, 5):
-            errors.append(f"{where}: importance must be 1 (shed first) to 5 (never shed)")
-        if group.get("priority_levels") is not None:
-            errors.extend(f"{where}: {e}" for e in queues.priority_errors(group["priority_levels"]))
-    return errors
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def host_cpus(nproc=None, vcpus=None, override=None) -> int:
-    """CPUs the fleet may use: ``fleet_cpus`` if given, else the host's nproc, else its vCPUs."""
-    for value in (override, nproc, vcpus):
+    """CPUs the fleet may use: ``fleet_cpus`` if given (an integer >= 1: 0 is refused, not
+    taken for unset), else the host's nproc, else its vCPUs."""
+    if override not in (None, ""):
+        return inputs.number("fleet_cpus", override)
+    for value in (nproc, vcpus):
         if value not in (None, "", 0):
-            cpus = int(value)
-            if cpus < 1:
-                raise ValueError(f"fleet_cpus must be >= 1, got {value!r}")
-            return cpus
+            return int(value)
     raise ValueError("cannot tell the host's CPUs: set fleet_cpus")
 
 
@@ -101,10 +44,8 @@ def worker_budget(cpus, workers_per_cpu, memory_mb, worker_memory_mb, reserve_mb
     """Worker processes a host can run: CPUs x workers_per_cpu, capped by the memory left
     after ``reserve_mb`` (the OS, and a broker on the same host) at ``worker_memory_mb`` each.
     """
-    if workers_per_cpu <= 0:
-        raise ValueError(f"workers_per_cpu must be > 0, got {workers_per_cpu!r}")
-    if worker_memory_mb <= 0:
-        raise ValueError(f"worker_memory_mb must be > 0, got {worker_memory_mb!r}")
+    workers_per_cpu = inputs.number("workers_per_cpu", workers_per_cpu)
+    worker_memory_mb = inputs.number("worker_memory_mb", worker_memory_mb)
     by_cpu = math.floor(cpus * workers_per_cpu)
     by_memory = max(0, math.floor((memory_mb - reserve_mb) / worker_memory_mb))
     return min(by_cpu, by_memory)
@@ -176,8 +117,8 @@ def memory_watermark(host_memory_mb, broker_memory_mb=None, fraction=0.4) -> dic
     is at least the watermark, as RabbitMQ's production checklist recommends, so that the
     node can always page its memory out to disk.
     """
-    if not 0.1 <= fraction <= 0.9:
-        raise ValueError(f"rabbitmq_memory_fraction must be within 0.1-0.9, got {fraction!r}")
+    fraction = inputs.number("rabbitmq_memory_fraction", fraction)
+    broker_memory_mb = inputs.number("rabbitmq_memory_limit_mb", broker_memory_mb)
     if broker_memory_mb:
         if broker_memory_mb > host_memory_mb:
             raise ValueError(
@@ -223,15 +164,19 @@ def activemq_queue_policies(groups) -> list[dict]:
     return list(policies.values())
 
 
-def fleet_plan(groups, budget: int, autoscale: bool = False) -> list[dict]:
+def fleet_plan(
+    groups, budget: int, autoscale: bool = False, broker_kind="rabbitmq", allow_root=False
+) -> list[dict]:
     """The groups with their defaults filled in and what the bundle derives for each:
     ``processes``, ``prefetch``, ``openwire_prefetch``, ``stopwaitsecs``, the queues its
     workers poll (``poll_order``, ``poll_when_idle``), and ``slots``: the supervisord programs
     rendered for it. With ``autoscale`` a group may gain workers from idle groups, so it gets
     a program for each worker it may reach (its max, or the whole budget); only the first
-    ``processes`` start by themselves.
+    ``processes`` start by themselves. Groups that break the contract on ``broker_kind`` (with
+    ``allow_root``: fleet_allow_root_workers) are refused, every error in one ValueError.
     """
-    errors = group_errors(groups)
+    allow_root = inputs.flag("fleet_allow_root_workers", allow_root)
+    errors = group_errors(groups, broker_kind, allow_root=allow_root)
     if errors:
         raise ValueError("; ".join(errors))
     counts = split_budget(budget, groups)
@@ -251,15 +196,17 @@ def fleet_plan(groups, budget: int, autoscale: bool = False) -> list[dict]:
     return plan
 
 
-def worker_environment(group: dict, process: str, broker: dict) -> dict:
-    """The environment of one worker process of a planned ``group`` (README "What workers get").
+def worker_environment(group: dict, broker: dict) -> dict:
+    """The environment of the worker processes of a planned ``group`` (README "What workers
+    get"); brokerfleet-exec adds WORKER_PROCESS, the one key that differs between processes.
 
     ``broker`` holds kind, host, user, password, and for RabbitMQ port and vhost, for ActiveMQ
-    openwire_port and stomp_port. Credentials are URL-encoded. The group's own
-    ``environment`` comes first, so the bundle's keys win.
+    openwire_port and stomp_port. Credentials are URL-encoded, an IPv6 host is bracketed. The
+    group's own ``environment`` comes first, so the bundle's keys win (preflight refuses a group
+    that sets one of them).
     """
     user, password = quote(str(broker["user"]), safe=""), quote(str(broker["password"]), safe="")
-    host = broker["host"]
+    host = url_host(broker["host"])
     if broker["kind"] == "activemq":
         urls = {
             # JMS (OpenWire) clients read the prefetch from the URL; 0 makes each receive() pull.
@@ -286,11 +233,16 @@ def worker_environment(group: dict, process: str, broker: dict) -> dict:
         "FLEET_POLL_ORDER": ",".join(group["poll_order"]),
         "FLEET_POLL_WHEN_IDLE": ",".join(group["poll_when_idle"]),
         "WORKER_GROUP": group["name"],
-        "WORKER_PROCESS": process,
     }
     if group.get("recycle_after"):
         environment["WORKER_RECYCLE_AFTER"] = group["recycle_after"]
-    return environment
+    return {key: str(value) for key, value in environment.items()}
+
+
+def url_host(host) -> str:
+    """``host`` as the host part of a URL: an IPv6 address goes in brackets (RFC 3986)."""
+    host = str(host)
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def fleet_manifest(plan, cpus: int, budget: int) -> dict:
@@ -307,17 +259,40 @@ def fleet_manifest(plan, cpus: int, budget: int) -> dict:
     return {"cpus": cpus, "budget": budget, "groups": groups}
 
 
-def supervisor_environment(variables: dict) -> str:
-    """A supervisord ``environment=`` value: KEY="value" pairs, quoted and escaped.
+def worker_spec(group: dict, broker: dict, allow_root: bool = False) -> dict:
+    """What brokerfleet-exec starts for every process of a planned ``group``: the command as an
+    argument vector, the working directory and the environment.
 
-    supervisord expands ``%(name)s`` in its config, so ``%`` is doubled; the value is parsed
-    like a POSIX shell word, so backslash and double quote are escaped.
+    The role writes it as JSON, which carries every value exactly as the inventory wrote it:
+    supervisord's own syntax cannot (it expands ``%``, strips `` #`` and `` ;`` comments and
+    quotes, and cuts values at commas), so its files hold only names and paths the bundle
+    chose. The command is split like supervisord would split it (a POSIX shell word list).
     """
-    pairs = []
-    for key in sorted(variables):
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", str(key)):
-            raise ValueError(f"environment variable name {key!r} is not a valid name")
-        value = str(variables[key])
-        value = value.replace("%", "%%").replace("\\", "\\\\").replace('"', '\\"')
-        pairs.append(f'{key}="{value}"')
-    return ",".join(pairs)
+    return {
+        "format": WORKER_SPEC_FORMAT,
+        "group": group["name"],
+        "argv": shlex.split(group["command"]),
+        "directory": group["directory"],
+        "environment": worker_environment(group, broker),
+        "allow_root": bool(allow_root),
+    }
+
+
+def worker_spec_digest(spec: dict) -> str:
+    """A short digest of a worker spec: part of its file name, so a changed spec is a new file
+    and the running workers keep theirs until supervisord switches them over."""
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def worker_specs(plan, broker: dict, allow_root: bool = False) -> dict:
+    """Per planned group, its worker spec and the file it is written to, ``<group>.<digest>.json``
+    (the worker_fleet role's spec directory)."""
+    specs = {}
+    for group in plan:
+        spec = worker_spec(group, broker, allow_root)
+        specs[group["name"]] = {
+            "spec": spec,
+            "file": f"{group['name']}.{worker_spec_digest(spec)}.json",
+        }
+    return specs

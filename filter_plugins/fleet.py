@@ -12,7 +12,7 @@ from ansible.errors import AnsibleFilterError
 # The bundle's own package, from this checkout, whether or not it was pip-installed.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from brokerfleet import activemq, queues, sizing  # noqa: E402
+from brokerfleet import activemq, inputs, queues, sizing  # noqa: E402
 
 
 def _adapt(function):
@@ -34,7 +34,8 @@ class FilterModule:
         return {
             "activemq_heap_mb": _adapt(activemq.heap_mb),
             "activemq_broker_limits": _adapt(activemq.broker_limits),
-            "fleet_group_errors": _adapt(sizing.group_errors),
+            "fleet_group_errors": _adapt(inputs.group_errors),
+            "fleet_input_errors": _adapt(inputs.input_errors),
             "fleet_host_cpus": _adapt(sizing.host_cpus),
             "fleet_worker_budget": _adapt(sizing.worker_budget),
             "fleet_plan": _adapt(sizing.fleet_plan),
@@ -48,6 +49,5 @@ class FilterModule:
             "activemq_queue_policies": _adapt(sizing.activemq_queue_policies),
             "fleet_poll_order": _adapt(queues.poll_order),
             "rabbitmq_memory_watermark": _adapt(sizing.memory_watermark),
-            "supervisor_environment": _adapt(sizing.supervisor_environment),
-            "worker_environment": _adapt(sizing.worker_environment),
+            "worker_specs": _adapt(sizing.worker_specs),
         }

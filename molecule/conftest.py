@@ -12,7 +12,7 @@ import testinfra
 import yaml
 
 VHOST = "brokerfleet"
-STATE = "/var/lib/brokerfleet"  # the state files of brokerfleet-check
+STATE = "/var/lib/brokerfleet-check"  # the state files of brokerfleet-check, root's only
 
 
 @pytest.fixture(scope="session")
@@ -91,8 +91,9 @@ def converge(**extra_vars):
     return ansible_playbook("site.yml", **extra_vars)
 
 
-def ansible_playbook(playbook, **extra_vars):
-    """Run one of the bundle's playbooks on the scenario's hosts; its output."""
+def ansible_playbook(playbook, expect_failure=False, **extra_vars):
+    """Run one of the bundle's playbooks on the scenario's hosts; its output. It must succeed,
+    or with ``expect_failure`` fail."""
     inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
     playbook = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / playbook
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
@@ -103,7 +104,7 @@ def ansible_playbook(playbook, **extra_vars):
         env=env,
         check=False,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert (result.returncode != 0) == expect_failure, result.stdout + result.stderr
     return result.stdout
 
 
@@ -115,8 +116,8 @@ def check(host, name):
 
 def cron_runs(*checks, timeout=75):
     """Whether cron runs each (host, check name) of ``checks``: waits for a run of each after
-    now. Each run renews /var/lib/brokerfleet/last-<check>.json; the tests run the checks by
-    hand only one at a time, so a renewal meanwhile is cron's."""
+    now. Each run renews /var/lib/brokerfleet-check/last-<check>.json; the tests run the checks
+    by hand only one at a time, so a renewal meanwhile is cron's."""
 
     def renewed_since(host, name, start):
         path = f"{STATE}/last-{name}.json"

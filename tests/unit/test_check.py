@@ -1,9 +1,15 @@
-"""Unit and property tests for the load guard of roles/fleet_checks/files/brokerfleet-check."""
+"""Unit and property tests of roles/fleet_checks/files/brokerfleet-check: the load guard,
+autoscale, the broker and status reports, and how it writes its files."""
 
 import importlib.util
+import json
+import os
+import re
+import stat
 from importlib.machinery import SourceFileLoader
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -299,3 +305,135 @@ def test_autoscale_keeps_the_budget_and_bounds_and_settles(backlog, runs):
     # Under a constant backlog it settles: once it holds still, it stays still.
     settled = actions.index(None) if None in actions else len(actions)
     assert all(action is None for action in actions[settled:])
+
+
+# --- files: written without following symlinks, only in safe directories -------------------
+
+
+@pytest.fixture
+def state_dir(tmp_path):
+    """A state directory as the role makes it (its owner's only), and a file outside it that
+    a worker would like root to overwrite."""
+    directory = tmp_path / "state"
+    directory.mkdir(mode=0o700)
+    directory.chmod(0o700)  # whatever the umask
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    return directory, victim
+
+
+def test_a_symlink_at_the_state_path_is_replaced_not_followed(state_dir):
+    directory, victim = state_dir
+    target = directory / "load-guard.json"
+    target.symlink_to(victim)
+    assert check.write_json(str(target), {"shed": {}})
+    assert victim.read_text() == "precious\n"
+    assert not target.is_symlink() and json.loads(target.read_text()) == {"shed": {}}
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert [p.name for p in directory.iterdir()] == ["load-guard.json"]  # no temporary left
+
+
+def test_a_symlink_at_the_temporary_path_is_refused(state_dir, monkeypatch, caplog):
+    directory, victim = state_dir
+    monkeypatch.setattr(check.secrets, "token_hex", lambda _: "guessed")
+    planted = directory / ".load-guard.json.guessed.tmp"
+    planted.symlink_to(victim)
+    dangling = directory / ".autoscale.json.guessed.tmp"
+    dangling.symlink_to(directory.parent / "created-by-root")
+    with pytest.raises(FileExistsError):
+        check.write_file(str(directory / "load-guard.json"), "{}")
+    assert not check.write_json(str(directory / "autoscale.json"), {})  # logged, not raised
+    assert "did not write" in caplog.text
+    assert victim.read_text() == "precious\n"
+    assert not (directory.parent / "created-by-root").exists()
+    assert planted.is_symlink() and dangling.is_symlink()  # left alone, not removed
+    assert not (directory / "load-guard.json").exists()
+
+
+def test_state_files_are_not_read_through_a_symlink(state_dir):
+    directory, victim = state_dir
+    victim.write_text('{"shed": {"imports": 2}}')
+    (directory / "load-guard.json").symlink_to(victim)
+    assert check.read_json(str(directory / "load-guard.json"), {}) == {}
+    assert check.read_json(str(directory / "missing.json"), None) is None
+    assert check.load_per_cpu(str(directory / "load-guard.json")) is None
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o720, 0o707, 0o777, 0o1777], ids=oct)
+def test_a_directory_others_can_write_to_is_refused(state_dir, mode):
+    directory, _ = state_dir
+    directory.chmod(mode)
+    target = directory / "last-workers.json"
+    with pytest.raises(check.UnsafeDirectory):
+        check.write_file(str(target), "{}")
+    report = check.Report("workers")
+    assert not check.write_json(str(target), {"problems": []}, report)
+    assert report.code == check.WARNING and "refusing to write" in report.data["problems"][0]
+    # Not even the Prometheus textfile directory, whoever owns it.
+    assert not check.save(str(directory / "x.prom"), "", mode=0o644, any_owner=True)
+    assert list(directory.iterdir()) == []
+    with pytest.raises(check.UnsafeDirectory):
+        check.open_log(str(directory / "check.log"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a directory away")
+def test_a_directory_of_another_owner_is_refused_but_for_prometheus(state_dir):
+    directory, _ = state_dir
+    os.chown(directory, 65534, 65534)
+    directory.chmod(0o755)
+    with pytest.raises(check.UnsafeDirectory):
+        check.write_file(str(directory / "load-guard.json"), "{}")
+    check.write_file(str(directory / "brokerfleet-workers.prom"), "x 1\n", 0o644, any_owner=True)
+    assert stat.S_IMODE((directory / "brokerfleet-workers.prom").stat().st_mode) == 0o644
+
+
+def test_the_log_is_appended_to_and_never_through_a_symlink(state_dir):
+    directory, victim = state_dir
+    log = directory / "check.log"
+    for line in ("one\n", "two\n"):
+        with check.open_log(str(log)) as handle:
+            handle.write(line)
+    assert log.read_text() == "one\ntwo\n" and stat.S_IMODE(log.stat().st_mode) == 0o600
+    log.unlink()
+    log.symlink_to(victim)
+    with pytest.raises(OSError):
+        check.open_log(str(log))
+    assert victim.read_text() == "precious\n"
+
+
+# --- Prometheus textfile ----------------------------------------------------------------------
+
+AWKWARD = ['a"b', "back\\slash", 'new\nline} 1\nbrokerfleet_check_status{check="x"', "plain"]
+
+
+def test_label_values_are_escaped_as_the_exposition_format_wants():
+    assert check.label("plain") == '"plain"'
+    assert check.label('a"b') == '"a\\"b"'
+    assert check.label("back\\slash") == '"back\\\\slash"'
+    assert check.label("new\nline") == '"new\\nline"'
+    assert check.label('\\"\n') == '"\\\\\\"\\n"'  # backslash first: no double escaping
+
+
+def test_awkward_queue_and_group_names_cannot_forge_metrics():
+    report = check.Report("broker")
+    counts = {"ready": 1, "unacked": 2, "consumers": 3}
+    report.data["broker"] = {"usage": {}, "queues": {name: counts for name in AWKWARD}}
+    report.data["groups"] = {name: {"expected": 1, "running": 1, "shed": 0} for name in AWKWARD}
+    lines = report.prometheus().splitlines()
+    # One line per sample: nothing a name holds starts a line of its own.
+    assert len(lines) == 1 + 3 * len(AWKWARD) + 3 * len(AWKWARD)
+    assert sum(line.startswith("brokerfleet_check_status") for line in lines) == 1
+    assert 'brokerfleet_queue_ready{queue="a\\"b"} 1' in lines
+    assert 'brokerfleet_workers_running{group="back\\\\slash"} 1' in lines
+    forged = 'new\\nline} 1\\nbrokerfleet_check_status{check=\\"x\\"'
+    assert f'brokerfleet_queue_consumers{{queue="{forged}"}} 3' in lines
+    # Each line parses back: a name, one label whose value unescapes to the original, a value.
+    pattern = re.compile(r'^(\w+)\{(\w+)="((?:[^"\\\n]|\\[\\"n])*)"\} (\S+)$')
+    unescape = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
+    seen = set()
+    for line in lines:
+        match = pattern.match(line)
+        assert match, line
+        value = re.sub(r'\\[\\"n]', lambda m: unescape[m.group()], match.group(3))
+        seen.add(value)
+    assert set(AWKWARD) | {"broker"} == seen

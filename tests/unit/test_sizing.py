@@ -11,33 +11,7 @@ def group(name, **keys):
     return {"name": name, "command": "/bin/true", **keys}
 
 
-# --- group_errors -----------------------------------------------------------------------------
-
-
-def test_valid_groups_have_no_errors():
-    assert sizing.group_errors([group("pocket"), group("chrome", weight=2, min=0, max=3)]) == []
-
-
-@pytest.mark.parametrize(
-    ("groups", "expected"),
-    [
-        ([group("Pocket")], "worker_groups[0] (name 'Pocket'): name must match"),
-        ([group("a-b")], "name must match"),
-        ([group("a"), group("a")], "worker_groups[1] (name 'a'): name is used by an earlier group"),
-        ([group("a", weight=0)], "worker_groups[0] (name 'a'): weight must be a number > 0"),
-        ([group("a", weight=-1)], "weight must be a number > 0"),
-        ([group("a", min=3, max=2)], "worker_groups[0] (name 'a'): max (2) must be >= min (3)"),
-        ([group("a", min=-1)], "min must be an integer >= 0"),
-        ([{"name": "a"}], "worker_groups[0] (name 'a'): command is required"),
-        ([group("a", job_seconds=0)], "job_seconds must be a number > 0"),
-        ([group("a", importance=6)], "importance must be 1 (shed first) to 5 (never shed)"),
-        ("pocket", "worker_groups must be a list"),
-        (["pocket"], "worker_groups[0] must be a mapping"),
-    ],
-)
-def test_group_errors_name_the_variable_and_group(groups, expected):
-    errors = sizing.group_errors(groups)
-    assert any(expected in e for e in errors), errors
+# group_errors and the other input rules: tests/unit/test_inputs.py.
 
 
 # --- host_cpus and worker_budget ---------------------------------------------------------------
@@ -49,8 +23,14 @@ def test_host_cpus_prefers_override_then_nproc_then_vcpus():
     assert sizing.host_cpus(nproc=None, vcpus=8) == 8
     with pytest.raises(ValueError, match="fleet_cpus"):
         sizing.host_cpus()
-    with pytest.raises(ValueError, match="fleet_cpus must be >= 1"):
+    with pytest.raises(ValueError, match="fleet_cpus must be an integer >= 1, got -2"):
         sizing.host_cpus(override=-2)
+    # 0 is refused, not taken for unset; -e gives strings.
+    with pytest.raises(ValueError, match="fleet_cpus must be an integer >= 1, got 0"):
+        sizing.host_cpus(nproc=4, override=0)
+    assert sizing.host_cpus(nproc=4, override="8") == 8
+    with pytest.raises(ValueError, match="fleet_cpus must be an integer >= 1, got 'eight'"):
+        sizing.host_cpus(nproc=4, override="eight")
 
 
 def test_budget_is_cpu_bound_on_a_roomy_host():
@@ -176,6 +156,21 @@ def test_watermark_refuses_a_limit_above_ram_and_odd_fractions():
         sizing.memory_watermark(1000, broker_memory_mb=2000)
     with pytest.raises(ValueError, match="rabbitmq_memory_fraction"):
         sizing.memory_watermark(1000, fraction=0.95)
+    with pytest.raises(ValueError, match="rabbitmq_memory_fraction must be a number within"):
+        sizing.memory_watermark(1000, fraction="lots")
+
+
+def test_watermark_takes_numeric_strings_as_extra_vars_give_them():
+    # -e rabbitmq_memory_fraction=0.35 used to fail with a TypeError.
+    assert sizing.memory_watermark(24000, fraction="0.35")["relative"] == 0.35
+    mark = sizing.memory_watermark(24000, broker_memory_mb="4096", fraction="0.5")
+    assert mark["absolute_mb"] == 2048
+
+
+def test_budget_takes_numeric_strings_as_extra_vars_give_them():
+    assert sizing.worker_budget(4, "1.5", 24000, "128", reserve_mb=1024) == 6
+    with pytest.raises(ValueError, match="workers_per_cpu must be a number > 0, got 'nan'"):
+        sizing.worker_budget(4, "nan", 24000, 128)
 
 
 def test_plan_fills_defaults_and_derives_per_group_numbers():
@@ -193,21 +188,6 @@ def test_plan_refuses_invalid_groups_with_every_error():
         sizing.fleet_plan([group("a", weight=0), group("b", min=2, max=1)], budget=8)
 
 
-# --- supervisor_environment --------------------------------------------------------------------
-
-
-def test_environment_is_quoted_and_escaped_for_supervisord():
-    rendered = sizing.supervisor_environment(
-        {"BROKER_URL": "amqp://u:p%40ss@h/v", "Q": 'say "hi"\\', "A": 1}
-    )
-    assert rendered == 'A="1",BROKER_URL="amqp://u:p%%40ss@h/v",Q="say \\"hi\\"\\\\"'
-
-
-def test_environment_refuses_bad_names():
-    with pytest.raises(ValueError, match="not a valid name"):
-        sizing.supervisor_environment({"BAD-NAME": "x"})
-
-
 # --- what each worker gets --------------------------------------------------------------------
 
 BROKER = {
@@ -223,29 +203,28 @@ BROKER = {
 
 def test_rabbitmq_workers_get_an_encoded_amqp_url_and_their_poll_order():
     [plan] = sizing.fleet_plan([group("jobs", priority_levels={"high": 2, "low": 1})], 2)
-    environment = sizing.worker_environment(plan, "jobs-00", {**BROKER, "kind": "rabbitmq"})
+    environment = sizing.worker_environment(plan, {**BROKER, "kind": "rabbitmq"})
     assert environment["BROKER_URL"] == "amqp://app%2Fuser:p%40ss%3Aw%2Frd%26x@mq1:5672/%2F"
     assert environment["FLEET_POLL_ORDER"] == "jobs.high,jobs.low,jobs.high"
-    assert environment["BROKER_PREFETCH"] == 1 and environment["WORKER_PROCESS"] == "jobs-00"
+    assert environment["BROKER_PREFETCH"] == "1" and "WORKER_PROCESS" not in environment
     assert "BROKER_STOMP_URL" not in environment
 
 
 def test_activemq_workers_get_openwire_and_stomp_urls_carrying_the_prefetch():
     slow, fast = sizing.fleet_plan(
-        [
-            group("slow", job_seconds=30, environment={"BROKER_URL": "mine"}),
-            group("fast", job_seconds=0.1),
-        ],
+        [group("slow", job_seconds=30), group("fast", job_seconds=0.1)],
         4,
     )
     broker = {**BROKER, "kind": "activemq"}
-    environment = sizing.worker_environment(slow, "slow-00", broker)
-    # The bundle's keys win over the group's own environment.
+    # Preflight refuses a group that sets a key of the bundle's (fleet_plan too); should one
+    # get through, the bundle's keys win over the group's own environment.
+    slow["environment"] = {"BROKER_URL": "mine"}
+    environment = sizing.worker_environment(slow, broker)
     assert environment["BROKER_URL"] == (
         "tcp://mq1:61616?jms.prefetchPolicy.all=0&jms.userName=app%2Fuser&jms.password=p%40ss%3Aw%2Frd%26x"
     )
     assert environment["BROKER_STOMP_URL"].endswith("@mq1:61613?activemq.prefetchSize=1")
-    fast_environment = sizing.worker_environment(fast, "fast-00", broker)
+    fast_environment = sizing.worker_environment(fast, broker)
     assert "jms.prefetchPolicy.all=10&" in fast_environment["BROKER_URL"]
     assert fast_environment["BROKER_STOMP_URL"].endswith("activemq.prefetchSize=10")
 

@@ -19,8 +19,8 @@ from conftest import (
 
 CRON_PERIOD = 60
 EXPECTED = {"imports": 3, "thumbnails": 1, "reports": 2}  # molecule.yml
-DRILL_LOAD = "/var/lib/brokerfleet/drill-load"  # fleet_checks_load_source in molecule.yml
-DRILL_BACKLOG = "/var/lib/brokerfleet/drill-backlog.json"  # fleet_checks_backlog_source
+DRILL_LOAD = "/var/lib/brokerfleet-check/drill-load"  # fleet_checks_load_source in molecule.yml
+DRILL_BACKLOG = "/var/lib/brokerfleet-check/drill-backlog.json"  # fleet_checks_backlog_source
 
 
 def complete(worker):

@@ -1,0 +1,178 @@
+"""What a co-tenant worker and a broken run cannot do (README "Security"): values reach the
+workers exactly as written, the worker user reaches no secret and no state of the root checker,
+a symlink it plants is never followed, no supervised process runs as root, the password never
+shows on a command line, and a run that fails before the switch leaves the fleet as it was.
+
+Runs last in the scenario (it changes the broker password)."""
+
+import json
+import shlex
+import time
+
+from conftest import ansible_playbook, done_ids, publish, running, wait_until
+
+WORKER_USER = "brokerfleet"
+
+
+def as_user(host, command, user=WORKER_USER):
+    return host.run(f"su -s /bin/sh {user} -c {shlex.quote(command)}")
+
+
+def process_view(worker, pid):
+    """argv and environment of a worker process, read from /proc and decoded as UTF-8."""
+    script = (
+        "import json, sys\n"
+        f"argv = open('/proc/{pid}/cmdline', 'rb').read().split(b'\\0')[:-1]\n"
+        f"env = open('/proc/{pid}/environ', 'rb').read().split(b'\\0')[:-1]\n"
+        "print(json.dumps({'argv': [a.decode() for a in argv],\n"
+        "                  'env': dict(e.decode().split('=', 1) for e in env)}))\n"
+    )
+    # As the worker's own user: root in the container lacks CAP_SYS_PTRACE, which
+    # /proc/<pid>/environ of another user's process asks for.
+    result = as_user(worker, f"python3 -c {shlex.quote(script)}")
+    assert result.rc == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_awkward_commands_and_environments_reach_the_process_byte_for_byte(worker, group_vars):
+    [awkward] = [g for g in group_vars["worker_groups"] if g["name"] == "awkward"]
+    pid = running(worker)["awkward-00"]
+    seen = process_view(worker, pid)
+    assert seen["argv"] == shlex.split(awkward["command"])
+    # The command keeps supervisord's %(name)s syntax and a comment sign as plain text.
+    assert "%(program_name)s" in seen["argv"] and "50% #1; a,b" in seen["argv"]
+    for key, value in awkward["environment"].items():
+        assert seen["env"][key] == str(value), key
+    assert seen["env"]["WORKER_PROCESS"] == "awkward-00"
+
+
+def test_jobs_flow_with_a_password_full_of_url_and_shell_characters(worker, group_vars):
+    assert set('@/:#%"') <= set(group_vars["broker_password"])
+    publish(worker, "imports", 3, 0.1, first_id=70001)
+    assert wait_until(lambda: {70001, 70002, 70003} <= set(done_ids(worker, "imports")), 60)
+
+
+def test_no_process_under_supervisord_runs_as_root(worker):
+    supervisord = worker.check_output("cat /var/run/supervisord.pid")
+    users = worker.check_output(f"ps -o user= --ppid {supervisord}").split()
+    assert users and "root" not in users, users
+
+
+def test_the_worker_user_reads_no_secret_no_config_and_no_checker_state(worker):
+    private = [
+        "/etc/supervisor/conf.d/brokerfleet-imports.conf",
+        "/var/lib/brokerfleet-check/load-guard.json",
+        "/var/log/brokerfleet/imports/imports-00.log",
+        "/var/log/brokerfleet/check.log",
+    ]
+    assert worker.file("/var/lib/brokerfleet-check/load-guard.json").exists
+    for path in private:
+        assert as_user(worker, f"cat {path}").rc != 0, path
+    assert as_user(worker, "ls /var/lib/brokerfleet-check").rc != 0
+
+
+def test_the_broker_check_configuration_is_root_only(broker):
+    config = broker.file("/etc/brokerfleet/broker.json")
+    assert (config.user, config.mode) == ("root", 0o600)
+    assert as_user(broker, "cat /etc/brokerfleet/broker.json", user="nobody").rc != 0
+
+
+def test_a_symlink_planted_by_the_worker_user_is_never_followed(worker):
+    target = "/root/planted-by-a-worker"
+    worker.run(f"rm -f {target}")
+    # Where the checker writes, the worker user cannot even create a name.
+    for directory in ["/var/lib/brokerfleet-check", "/var/log/brokerfleet"]:
+        assert as_user(worker, f"ln -s {target} {directory}/planted").rc != 0, directory
+    # Where it can (its home, the checker's old state directory), the checker no longer looks.
+    home = "/var/lib/brokerfleet"
+    names = ["load-guard.json", "last-workers.json", "last-workers.json.tmp", "autoscale.json.tmp"]
+    for name in names:
+        worker.run(f"rm -f {home}/{name}")
+        as_user(worker, f"ln -s {target} {home}/{name}")
+    try:
+        worker.run("brokerfleet-check workers")
+        assert not worker.file(target).exists
+        # The checker wrote its state where it should.
+        state = worker.file("/var/lib/brokerfleet-check/last-workers.json")
+        assert (state.user, state.mode, state.is_symlink) == ("root", 0o600, False)
+    finally:
+        worker.run(" ".join(["rm -f", *(f"{home}/{name}" for name in names)]))
+
+
+def test_listeners_are_bound_as_documented(broker):
+    def bound(port):
+        lines = broker.check_output(f"ss -Hltn 'sport = :{port}'").splitlines()
+        return {line.split()[3] for line in lines}
+
+    assert bound(5672) <= {"0.0.0.0:5672", "*:5672", "[::]:5672"}  # rabbitmq_amqp_address
+    assert bound(15672) == {"127.0.0.1:15672"}  # management: loopback only
+    # Erlang's epmd and distribution port, as Debian starts them, behind the cookie.
+    assert bound(4369) <= {"0.0.0.0:4369", "[::]:4369"}
+    assert bound(25672) <= {"0.0.0.0:25672", "[::]:25672"}
+    cookie = broker.file("/var/lib/rabbitmq/.erlang.cookie")
+    assert (cookie.user, cookie.mode) == ("rabbitmq", 0o400)
+
+
+def sample_command_lines(host, path):
+    """Start recording every process's command line every 50 ms on ``host``."""
+    script = (
+        "import os, time\n"
+        f"out = open({path!r}, 'ab')\n"
+        "while True:\n"
+        "    for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "        try:\n"
+        "            out.write(open(f'/proc/{pid}/cmdline', 'rb').read() + b'\\n')\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    out.flush()\n"
+        "    time.sleep(0.05)\n"
+    )
+    host.check_output(f"nohup python3 -c {shlex.quote(script)} >/dev/null 2>&1 & echo $!")
+
+
+def test_a_failed_run_leaves_files_pids_and_credentials_as_they_were(broker, worker, group_vars):
+    # The programs, and the specs they start from (a failed run may leave new, unused ones).
+    in_use = "/etc/supervisor/conf.d/brokerfleet-*.conf $(awk '/^command=/ {print $2}' \
+        /etc/supervisor/conf.d/brokerfleet-*.conf | sort -u)"
+    before = worker.check_output(f"md5sum {in_use}")
+    pids = running(worker)
+    # A directory missing on the host passes preflight (which cannot see the host) and fails
+    # the check of the group's spec: before the broker play, so the password below never
+    # reaches the broker.
+    groups = [
+        {**group, "directory": "/nonexistent/app"} if group["name"] == "imports" else group
+        for group in group_vars["worker_groups"]
+    ]
+    output = ansible_playbook(
+        "site.yml", expect_failure=True, broker_password="never-applied", worker_groups=groups
+    )
+    assert "directory /nonexistent/app does not exist on this host" in output
+    assert "PLAY [Install and tune the message broker]" not in output
+    assert worker.check_output(f"md5sum {in_use}") == before
+    assert running(worker) == pids
+    # A worker that restarts now still logs in with the password in force.
+    killed = pids["imports-00"]
+    worker.check_output(f"kill -9 {killed}")
+    assert wait_until(lambda: running(worker).get("imports-00") not in (None, killed), 30)
+    publish(worker, "imports", 6, 0.1, first_id=71001)
+    assert wait_until(lambda: set(range(71001, 71007)) <= set(done_ids(worker, "imports")), 60)
+
+
+def test_the_password_never_shows_on_a_command_line_while_it_changes(broker, worker):
+    new_password = "rotated-" + str(int(time.time())) + "-s3cret"
+    log = "/root/cmdlines.log"
+    for host in (broker, worker):
+        host.run(f"rm -f {log}")
+        sample_command_lines(host, log)
+    try:
+        ansible_playbook("site.yml", broker_password=new_password)
+    finally:
+        for host in (broker, worker):
+            host.run("pkill -f 'cmdline'")
+    for host in (broker, worker):
+        recorded = host.check_output(f"wc -l < {log}")
+        assert int(recorded) > 1000, recorded  # the sampler ran throughout
+        assert host.run(f"grep -c -F {shlex.quote(new_password)} {log}").stdout.strip() == "0"
+    # The new password is in force: the workers restarted with it and jobs flow.
+    publish(worker, "imports", 3, 0.1, first_id=72001)
+    assert wait_until(lambda: {72001, 72002, 72003} <= set(done_ids(worker, "imports")), 60)

@@ -1,0 +1,130 @@
+"""The worker spec: what the controller writes (brokerfleet/sizing.py worker_specs) and what
+roles/worker_fleet/files/brokerfleet-exec starts from it, read back through the real launcher."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from brokerfleet import sizing
+
+ROOT = Path(__file__).resolve().parents[2]
+EXEC = ROOT / "roles/worker_fleet/files/brokerfleet-exec"
+
+BROKER = {
+    "kind": "rabbitmq",
+    "host": "mq1",
+    "user": "brokerfleet",
+    "password": "p@ss/:#%\"'word",
+    "vhost": "brokerfleet",
+    "port": 5672,
+    "openwire_port": 61616,
+    "stomp_port": 61613,
+}
+
+# Values supervisord's own syntax mangles: % expansion, " #" and " ;" comments, commas,
+# both quotes, backslashes, unicode, padding.
+AWKWARD = {
+    "PERCENT": "100% %(asctime)s +%s",
+    "COMMENTS": "alerts #ops ; not a comment",
+    "COMMA": "a,b=c",
+    "QUOTES": "say \"hi\" and 'bye'\\",
+    "UNICODE": "Grüße, 東京",
+    "PADDED": "  both ends  ",
+    "EMPTY": "",
+    "NUMBER": 8,
+}
+
+# Prints what it was started with, as JSON.
+ECHO = (
+    "import json, os, sys; "
+    "print(json.dumps({'argv': sys.argv[1:], 'cwd': os.getcwd(), 'env': dict(os.environ)}))"
+)
+
+
+def plan(**keys):
+    [planned] = sizing.fleet_plan([{"name": "jobs", "command": "/bin/true", **keys}], 2)
+    return planned
+
+
+def write_spec(tmp_path, spec):
+    path = tmp_path / "jobs.spec.json"
+    # As the role writes it: Ansible's to_nice_json (indent 4, ASCII escapes).
+    path.write_text(json.dumps(spec, indent=4, sort_keys=True) + "\n")
+    return path
+
+
+def launch(path, process="jobs-00"):
+    env = {"PATH": os.environ["PATH"], "FROM_SUPERVISORD": "kept"}
+    return subprocess.run(
+        [sys.executable, str(EXEC), str(path), process],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+
+
+def test_every_value_reaches_the_worker_exactly_as_written(tmp_path):
+    command = f'{sys.executable} -c "{ECHO}" \'50% #1; a,b\' "dq \\"x\\"" \' pad \' Grüße'
+    group = plan(command=command, directory=str(tmp_path), environment=AWKWARD)
+    spec = sizing.worker_spec(group, BROKER, allow_root=True)
+    result = launch(write_spec(tmp_path, spec))
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["argv"] == ["50% #1; a,b", 'dq "x"', " pad ", "Grüße"]
+    assert seen["cwd"] == str(tmp_path)
+    for key, value in AWKWARD.items():
+        assert seen["env"][key] == str(value)
+    assert seen["env"]["WORKER_PROCESS"] == "jobs-00"
+    assert seen["env"]["FROM_SUPERVISORD"] == "kept"
+    assert seen["env"]["BROKER_URL"] == (
+        "amqp://brokerfleet:p%40ss%2F%3A%23%25%22%27word@mq1:5672/brokerfleet"
+    )
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="the launcher's root refusal needs root")
+def test_the_launcher_refuses_root_unless_the_spec_allows_it(tmp_path):
+    spec = sizing.worker_spec(plan(), BROKER, allow_root=False)
+    result = launch(write_spec(tmp_path, spec))
+    assert result.returncode != 0 and "would run as root" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        "not json",
+        json.dumps({"format": 2}),
+        json.dumps({"format": 1, "argv": [], "directory": "/", "environment": {}}),
+        json.dumps({"format": 1, "argv": ["x"], "directory": "rel", "environment": {}}),
+        json.dumps({"format": 1, "argv": ["x"], "directory": "/no/such/dir", "environment": {}}),
+        json.dumps({"format": 1, "argv": ["x"], "directory": "/", "environment": {"A": 1}}),
+    ],
+)
+def test_the_check_mode_refuses_a_broken_spec(tmp_path, broken):
+    path = tmp_path / "spec.json"
+    path.write_text(broken)
+    result = subprocess.run(
+        [sys.executable, str(EXEC), "--check", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "brokerfleet-exec" in result.stderr
+
+
+def test_a_spec_file_is_named_by_its_content():
+    one = sizing.worker_specs([plan()], BROKER)
+    same = sizing.worker_specs([plan()], BROKER)
+    other = sizing.worker_specs([plan()], {**BROKER, "password": "rotated"})
+    assert one == same
+    assert one["jobs"]["file"].startswith("jobs.") and one["jobs"]["file"].endswith(".json")
+    assert one["jobs"]["file"] != other["jobs"]["file"]
+
+
+def test_an_ipv6_broker_host_is_bracketed_in_urls():
+    environment = sizing.worker_environment(plan(), {**BROKER, "host": "fd00::5"})
+    assert "@[fd00::5]:5672/" in environment["BROKER_URL"]
+    activemq = sizing.worker_environment(plan(), {**BROKER, "kind": "activemq", "host": "fd00::5"})
+    assert activemq["BROKER_URL"].startswith("tcp://[fd00::5]:61616?")
+    assert "@[fd00::5]:61613?" in activemq["BROKER_STOMP_URL"]
