@@ -35,6 +35,8 @@ GROUP_DEFAULTS = {
     "directory": "/",
     "user": "brokerfleet",
     "priority_levels": None,
+    # None: the group's workers log in as the shared broker_user.
+    "broker_user": None,
 }
 
 # Every key a group may have.
@@ -52,6 +54,8 @@ MAX_QUEUE_NAME = 200
 RABBITMQ_RESERVED_PREFIX = "amq."
 # ActiveMQ names its advisory topics and its dead-letter queues ActiveMQ.*.
 ACTIVEMQ_RESERVED_PREFIX = "ActiveMQ."
+# A group's own broker user (RabbitMQ user names are free text; these stay safe everywhere).
+BROKER_USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 # A Unix user name as useradd accepts it by default (Debian's NAME_REGEX, 32 characters).
 UNIX_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 ENVIRONMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -423,6 +427,7 @@ def input_errors(variables: dict) -> list[str]:
                 variables["worker_groups"],
                 kind if kind in BROKER_KINDS else "rabbitmq",
                 allow_root=allow_root,
+                shared_user=variables.get("broker_user"),
             )
         )
     return errors
@@ -455,16 +460,19 @@ def _related_errors(numbers: dict) -> list[str]:
 # --- worker groups ----------------------------------------------------------------------------
 
 
-def group_errors(groups, broker_kind: str = "rabbitmq", allow_root: bool = False) -> list[str]:
+def group_errors(
+    groups, broker_kind: str = "rabbitmq", allow_root: bool = False, shared_user=None
+) -> list[str]:
     """Every contract violation in ``worker_groups``, each naming the variable and the group.
 
     An empty list means the groups are valid on ``broker_kind``. ``allow_root``
-    (fleet_allow_root_workers) lets a group run as root.
+    (fleet_allow_root_workers) lets a group run as root. ``shared_user`` is broker_user: no
+    group may name it as its own.
     """
     if not isinstance(groups, list):
         return [f"worker_groups must be a list of groups, got {type(groups).__name__}"]
     errors = []
-    seen = set()
+    seen, broker_users = set(), set()
     for index, group in enumerate(groups):
         if not isinstance(group, dict):
             errors.append(f"worker_groups[{index}] must be a mapping, got {group!r}")
@@ -476,6 +484,14 @@ def group_errors(groups, broker_kind: str = "rabbitmq", allow_root: bool = False
             if name in seen:
                 errors.append(f"{where}: name is used by an earlier group; names must be unique")
             seen.add(name)
+        own_user = group.get("broker_user")
+        if isinstance(own_user, str):
+            if own_user in (shared_user, *broker_users):
+                errors.append(
+                    f"{where}: broker_user {own_user!r} is the shared broker_user or another "
+                    "group's: each group's own broker user must be its alone"
+                )
+            broker_users.add(own_user)
     errors.extend(_queue_errors(groups, broker_kind))
     return errors
 
@@ -500,6 +516,8 @@ def _one_group_errors(group: dict, broker_kind: str, allow_root: bool) -> list[s
             errors.append(error)
     if "user" in group:
         errors.extend(user_errors(group["user"], allow_root))
+    if group.get("broker_user") is not None:
+        errors.extend(broker_user_errors(group["broker_user"], broker_kind))
     errors.extend(_group_number_errors(group))
     if "environment" in group:
         errors.extend(environment_errors(group["environment"]))
@@ -542,6 +560,18 @@ def queue_name_errors(queue, broker_kind: str = "rabbitmq") -> list[str]:
         return [f"queue {queue!r}: names starting with amq. are reserved by RabbitMQ"]
     if broker_kind == "activemq" and queue.startswith(ACTIVEMQ_RESERVED_PREFIX):
         return [f"queue {queue!r}: names starting with ActiveMQ. are reserved by ActiveMQ"]
+    return []
+
+
+def broker_user_errors(user, broker_kind: str = "rabbitmq") -> list[str]:
+    """What is wrong with a group's own ``broker_user`` (brokerfleet/access.py)."""
+    if broker_kind != "rabbitmq":
+        return [
+            "broker_user: a broker user of the group's own is built for RabbitMQ only; on "
+            f"{broker_kind} every group logs in as the shared broker_user (remove the key)"
+        ]
+    if not isinstance(user, str) or not BROKER_USER.fullmatch(user):
+        return [f"broker_user must match {BROKER_USER.pattern}, got {user!r}"]
     return []
 
 

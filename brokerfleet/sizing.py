@@ -14,7 +14,7 @@ import math
 import shlex
 from urllib.parse import quote
 
-from brokerfleet import inputs, queues
+from brokerfleet import access, inputs, queues
 
 # The worker-group contract, its defaults and its checks, lives in brokerfleet/inputs.py;
 # fleet_plan refuses groups that break it.
@@ -201,11 +201,12 @@ def worker_environment(group: dict, broker: dict) -> dict:
     get"); brokerfleet-exec adds WORKER_PROCESS, the one key that differs between processes.
 
     ``broker`` holds kind, host, user, password, and for RabbitMQ port and vhost, for ActiveMQ
-    openwire_port and stomp_port. Credentials are URL-encoded, an IPv6 host is bracketed. The
+    openwire_port and stomp_port. A group with its own ``broker_user`` logs in as that user
+    (brokerfleet/access.py). Credentials are URL-encoded, an IPv6 host is bracketed. The
     group's own ``environment`` comes first, so the bundle's keys win (preflight refuses a group
     that sets one of them).
     """
-    user, password = quote(str(broker["user"]), safe=""), quote(str(broker["password"]), safe="")
+    user, password = (quote(text, safe="") for text in access.group_credentials(group, broker))
     host = url_host(broker["host"])
     if broker["kind"] == "activemq":
         urls = {

@@ -12,7 +12,7 @@ from ansible.errors import AnsibleFilterError
 # The bundle's own package, from this checkout, whether or not it was pip-installed.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from brokerfleet import activemq, inputs, queues, sizing  # noqa: E402
+from brokerfleet import access, activemq, inputs, queues, sizing  # noqa: E402
 
 
 def _adapt(function):
@@ -50,4 +50,6 @@ class FilterModule:
             "fleet_poll_order": _adapt(queues.poll_order),
             "rabbitmq_memory_watermark": _adapt(sizing.memory_watermark),
             "worker_specs": _adapt(sizing.worker_specs),
+            "rabbitmq_users": _adapt(access.rabbitmq_users),
+            "rabbitmq_access_changes": _adapt(access.rabbitmq_access_changes),
         }

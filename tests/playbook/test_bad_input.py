@@ -173,6 +173,16 @@ CASES = [
     ),
     ({"worker_groups": [group(user="root")]}, [where(), "user root is refused"], "user_root"),
     (
+        {"broker_kind": "activemq", "worker_groups": [group(broker_user="importer")]},
+        [where(), "broker_user: a broker user of the group's own is built for RabbitMQ only"],
+        "group_broker_user_activemq",
+    ),
+    (
+        {"worker_groups": [group(broker_user="brokerfleet")]},
+        [where(), "broker_user 'brokerfleet' is the shared broker_user"],
+        "group_broker_user_shared",
+    ),
+    (
         {"worker_groups": [group(user="Bad User")]},
         [where(), "user must be a Unix user name"],
         "user_name",

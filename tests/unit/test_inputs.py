@@ -534,3 +534,29 @@ def test_a_queue_equal_to_a_dead_letter_queue_is_always_refused(groups, seed):
     extra = group("zz_extra", queue=queues.consumed_queues(victim)[0] + queues.DEAD_SUFFIX)
     errors = inputs.group_errors([*groups, extra])
     assert any("is the dead-letter queue" in e for e in errors), errors
+
+
+# --- a group's own broker user ------------------------------------------------------------------
+
+
+def test_a_group_may_name_its_own_broker_user_on_rabbitmq():
+    assert inputs.group_errors([group("a", broker_user="app.a@host")], shared_user="bf") == []
+
+
+@pytest.mark.parametrize(
+    ("groups", "kind", "expected"),
+    [
+        ([group("a", broker_user="x")], "activemq", "built for RabbitMQ only"),
+        ([group("a", broker_user="bad user")], "rabbitmq", "broker_user must match"),
+        ([group("a", broker_user="x\n")], "rabbitmq", "broker_user must match"),
+        ([group("a", broker_user="bf")], "rabbitmq", "is the shared broker_user or another"),
+        (
+            [group("a", broker_user="x"), group("b", broker_user="x")],
+            "rabbitmq",
+            "worker_groups[1] (name 'b'): broker_user 'x' is the shared broker_user",
+        ),
+    ],
+)
+def test_a_group_broker_user_is_refused_naming_the_group(groups, kind, expected):
+    errors = inputs.group_errors(groups, kind, shared_user="bf")
+    assert any(expected in error for error in errors), errors

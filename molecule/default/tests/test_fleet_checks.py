@@ -18,7 +18,7 @@ from conftest import (
 )
 
 CRON_PERIOD = 60
-EXPECTED = {"imports": 3, "thumbnails": 1, "reports": 2}  # molecule.yml
+EXPECTED = {"imports": 3, "thumbnails": 1, "reports": 2, "awkward": 1}  # molecule.yml
 DRILL_LOAD = "/var/lib/brokerfleet-check/drill-load"  # fleet_checks_load_source in molecule.yml
 DRILL_BACKLOG = "/var/lib/brokerfleet-check/drill-backlog.json"  # fleet_checks_backlog_source
 
@@ -49,6 +49,14 @@ def test_killed_workers_and_a_stopped_group_are_back_within_a_cron_period(worker
     assert wait_until(lambda: complete(worker), CRON_PERIOD + 15)
     assert not set(killed) & set(running(worker).values())
     assert "started thumbnails-00 (was STOPPED)" in check_log(worker)
+
+
+def test_the_alert_command_hears_of_the_restarts_through_cron(worker):
+    # fleet_checks_alert_command (molecule.yml), a % in it and all: cron ran it with the news.
+    alerts = worker.file("/var/lib/brokerfleet-check/alerts at 100%.log")
+    assert wait_until(
+        lambda: alerts.exists and "started thumbnails-00" in alerts.content_string, 15
+    )
 
 
 def test_a_stopped_supervisord_is_started_within_a_cron_period(worker):

@@ -9,16 +9,20 @@ import json
 import shlex
 import time
 
-from conftest import ansible_playbook, done_ids, publish, running, wait_until
+from conftest import VHOST, ansible_playbook, done_ids, publish, rabbitmqctl, running, wait_until
+
+from brokerfleet import access
 
 WORKER_USER = "brokerfleet"
+# Jobs go to this group's queue: imports may still hold the backlog of the status drill.
+THUMBNAILS = "thumbnails"
 
 
 def as_user(host, command, user=WORKER_USER):
     return host.run(f"su -s /bin/sh {user} -c {shlex.quote(command)}")
 
 
-def process_view(worker, pid):
+def process_view(worker, pid, user):
     """argv and environment of a worker process, read from /proc and decoded as UTF-8."""
     script = (
         "import json, sys\n"
@@ -29,7 +33,7 @@ def process_view(worker, pid):
     )
     # As the worker's own user: root in the container lacks CAP_SYS_PTRACE, which
     # /proc/<pid>/environ of another user's process asks for.
-    result = as_user(worker, f"python3 -c {shlex.quote(script)}")
+    result = as_user(worker, f"python3 -c {shlex.quote(script)}", user=user)
     assert result.rc == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -37,7 +41,7 @@ def process_view(worker, pid):
 def test_awkward_commands_and_environments_reach_the_process_byte_for_byte(worker, group_vars):
     [awkward] = [g for g in group_vars["worker_groups"] if g["name"] == "awkward"]
     pid = running(worker)["awkward-00"]
-    seen = process_view(worker, pid)
+    seen = process_view(worker, pid, awkward["user"])
     assert seen["argv"] == shlex.split(awkward["command"])
     # The command keeps supervisord's %(name)s syntax and a comment sign as plain text.
     assert "%(program_name)s" in seen["argv"] and "50% #1; a,b" in seen["argv"]
@@ -48,8 +52,38 @@ def test_awkward_commands_and_environments_reach_the_process_byte_for_byte(worke
 
 def test_jobs_flow_with_a_password_full_of_url_and_shell_characters(worker, group_vars):
     assert set('@/:#%"') <= set(group_vars["broker_password"])
-    publish(worker, "imports", 3, 0.1, first_id=70001)
-    assert wait_until(lambda: {70001, 70002, 70003} <= set(done_ids(worker, "imports")), 60)
+    publish(worker, THUMBNAILS, 3, 0.1, first_id=70001)
+    assert wait_until(lambda: {70001, 70002, 70003} <= set(done_ids(worker, THUMBNAILS)), 60)
+
+
+def spec_of(worker, group):
+    """The spec file the programs of ``group`` start from."""
+    conf = f"/etc/supervisor/conf.d/brokerfleet-{group}.conf"
+    return worker.check_output(f"awk '/^command=/ {{print $2; exit}}' {conf}")
+
+
+def test_a_group_with_users_of_its_own_reaches_only_its_own_queues(broker, worker):
+    # Unix: its workers run as its user, and only that user can read its spec (the password).
+    pid = running(worker)["awkward-00"]
+    assert worker.check_output(f"ps -o user= -p {pid}") == "tenant"
+    spec = worker.file(spec_of(worker, "awkward"))
+    assert (spec.user, spec.group, spec.mode) == ("root", "tenant", 0o640)
+    assert as_user(worker, f"cat {spec.path}").rc != 0  # the brokerfleet user
+    # Broker: with its credentials, its own queue answers and another group's is refused.
+    script = (
+        "import json, pika\n"
+        f"env = json.load(open({spec.path!r}))['environment']\n"
+        "connection = pika.BlockingConnection(pika.URLParameters(env['BROKER_URL']))\n"
+        "connection.channel().basic_get('awkward')\n"
+        "try:\n"
+        "    connection.channel().basic_get('imports')\n"
+        "    print('imports: read')\n"
+        "except pika.exceptions.ChannelClosedByBroker as error:\n"
+        "    print('imports:', error.reply_code)\n"
+    )
+    assert worker.check_output(f"python3 -c {shlex.quote(script)}") == "imports: 403"
+    rights = {p["user"]: p for p in rabbitmqctl(broker, "list_permissions", "-p", VHOST)}
+    assert rights["tenant-mq"]["read"] == r"^(awkward|awkward\.dead)$"
 
 
 def test_no_process_under_supervisord_runs_as_root(worker):
@@ -151,11 +185,11 @@ def test_a_failed_run_leaves_files_pids_and_credentials_as_they_were(broker, wor
     assert worker.check_output(f"md5sum {in_use}") == before
     assert running(worker) == pids
     # A worker that restarts now still logs in with the password in force.
-    killed = pids["imports-00"]
+    killed = pids["thumbnails-00"]
     worker.check_output(f"kill -9 {killed}")
-    assert wait_until(lambda: running(worker).get("imports-00") not in (None, killed), 30)
-    publish(worker, "imports", 6, 0.1, first_id=71001)
-    assert wait_until(lambda: set(range(71001, 71007)) <= set(done_ids(worker, "imports")), 60)
+    assert wait_until(lambda: running(worker).get("thumbnails-00") not in (None, killed), 30)
+    publish(worker, THUMBNAILS, 6, 0.1, first_id=71001)
+    assert wait_until(lambda: set(range(71001, 71007)) <= set(done_ids(worker, THUMBNAILS)), 60)
 
 
 def test_the_password_never_shows_on_a_command_line_while_it_changes(broker, worker):
@@ -169,10 +203,13 @@ def test_the_password_never_shows_on_a_command_line_while_it_changes(broker, wor
     finally:
         for host in (broker, worker):
             host.run("pkill -f 'cmdline'")
+    # Neither the password nor the one derived from it for group awkward's broker user.
+    secrets = [new_password, access.group_password(new_password, "tenant-mq")]
     for host in (broker, worker):
         recorded = host.check_output(f"wc -l < {log}")
         assert int(recorded) > 1000, recorded  # the sampler ran throughout
-        assert host.run(f"grep -c -F {shlex.quote(new_password)} {log}").stdout.strip() == "0"
+        for secret in secrets:
+            assert host.run(f"grep -c -F {shlex.quote(secret)} {log}").stdout.strip() == "0"
     # The new password is in force: the workers restarted with it and jobs flow.
-    publish(worker, "imports", 3, 0.1, first_id=72001)
-    assert wait_until(lambda: {72001, 72002, 72003} <= set(done_ids(worker, "imports")), 60)
+    publish(worker, THUMBNAILS, 3, 0.1, first_id=72001)
+    assert wait_until(lambda: {72001, 72002, 72003} <= set(done_ids(worker, THUMBNAILS)), 60)

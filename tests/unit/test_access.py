@@ -1,0 +1,90 @@
+"""Who may do what on the broker (brokerfleet/access.py)."""
+
+import re
+
+from brokerfleet import access, sizing
+
+GROUPS = [
+    {"name": "imports", "command": "/bin/true", "broker_user": "importer"},
+    {"name": "reports", "command": "/bin/true", "priority_levels": {"high": 2, "low": 1}},
+    {"name": "mail", "command": "/bin/true", "queue": "mail.out", "broker_user": "mailer"},
+]
+
+
+def users():
+    return {user["user"]: user for user in access.rabbitmq_users(GROUPS, "brokerfleet", "s3cret")}
+
+
+def test_the_shared_user_keeps_every_right_and_the_management_tag():
+    shared = users()["brokerfleet"]
+    assert (shared["configure"], shared["write"], shared["read"]) == (".*", ".*", ".*")
+    assert shared["tags"] == ["management"] and shared["password"] == "s3cret"
+
+
+def test_a_group_user_reaches_only_its_own_queues():
+    importer = users()["importer"]
+    for right in ("configure", "read"):
+        pattern = re.compile(importer[right])
+        assert pattern.fullmatch("imports") and pattern.fullmatch("imports.dead")
+        for other in ("reports.high", "mail.out", "imports.x", "importsX", "amq.default", ""):
+            assert not pattern.fullmatch(other), (right, other)
+    # It may publish through the default exchange (follow-up jobs for other groups).
+    assert re.fullmatch(importer["write"], "amq.default")
+    assert not re.fullmatch(importer["write"], "reports.high")
+    mailer = users()["mailer"]
+    assert re.fullmatch(mailer["read"], "mail.out") and not re.fullmatch(mailer["read"], "mailXout")
+
+
+def test_group_passwords_are_derived_from_the_secret_and_differ_per_user():
+    importer, mailer = users()["importer"], users()["mailer"]
+    assert importer["password"] != mailer["password"] != "s3cret"
+    assert importer["password"] == access.group_password("s3cret", "importer")
+    assert access.group_password("rotated", "importer") != importer["password"]
+    assert importer["tags"] == [access.GROUP_USER_TAG]
+
+
+def test_workers_of_a_group_with_its_own_user_log_in_as_it():
+    plan = sizing.fleet_plan(GROUPS, 3)
+    broker = {
+        "kind": "rabbitmq",
+        "host": "mq",
+        "user": "brokerfleet",
+        "password": "s3cret",
+        "vhost": "v",
+        "port": 5672,
+    }
+    imports, reports, _ = (sizing.worker_environment(group, broker) for group in plan)
+    secret = access.group_password("s3cret", "importer")
+    assert imports["BROKER_URL"] == f"amqp://importer:{secret}@mq:5672/v"
+    assert reports["BROKER_URL"] == "amqp://brokerfleet:s3cret@mq:5672/v"
+
+
+def test_changes_write_only_differences_and_remove_guest_and_stale_group_users():
+    wanted = access.rabbitmq_access_changes(list(users().values()), [], [])
+    assert {c["user"] for c in wanted["permissions"]} == {"brokerfleet", "importer", "mailer"}
+    listed_users = [
+        {"user": "brokerfleet", "tags": ["management"]},
+        {"user": "importer", "tags": [access.GROUP_USER_TAG]},
+        {"user": "mailer", "tags": []},
+        {"user": "guest", "tags": ["administrator"]},
+        {"user": "oldgroup", "tags": [access.GROUP_USER_TAG]},
+        {"user": "someone_else", "tags": ["monitoring"]},
+    ]
+    listed_rights = [
+        {key: user[key] for key in ("user", "configure", "write", "read")}
+        for user in users().values()
+    ]
+    changes = access.rabbitmq_access_changes(list(users().values()), listed_users, listed_rights)
+    assert changes["tags"] == [{"user": "mailer", "tags": [access.GROUP_USER_TAG]}]
+    assert changes["permissions"] == []
+    # Users the bundle did not make are left alone, guest excepted.
+    assert sorted(changes["remove"]) == ["guest", "oldgroup"]
+
+
+def test_tags_listed_as_a_string_are_read_too():
+    changes = access.rabbitmq_access_changes(
+        [{"user": "a", "tags": ["management"], "configure": "", "write": "", "read": ""}],
+        [{"user": "a", "tags": "[management]"}],
+        [{"user": "a", "configure": "", "write": "", "read": ""}],
+    )
+    assert changes == {"tags": [], "permissions": [], "remove": []}
