@@ -128,7 +128,11 @@ def test_each_worker_holds_one_consumer_per_level_with_prefetch_one(broker, work
         )
         assert [c["PrefetchSize"] for c in consumers] == ["1"] * WORKERS, queue
     # JMS clients of this group would pull (prefetch 0); STOMP clients hold one at most.
-    environment = worker.check_output("cat /etc/supervisor/conf.d/brokerfleet-jobs.conf")
+    # (Their environment is in the group's spec, named by its supervisord programs.)
+    spec = worker.check_output(
+        "awk '/^command=/ {print $2; exit}' /etc/supervisor/conf.d/brokerfleet-jobs.conf"
+    )
+    environment = worker.check_output(f"cat {spec}")
     assert "jms.prefetchPolicy.all=0" in environment
     assert "activemq.prefetchSize=1" in environment
 
