@@ -24,11 +24,22 @@ SHARED_USER_TAGS = ["management"]
 DEFAULT_EXCHANGE = "amq.default"
 
 
-def group_password(broker_password, user) -> str:
-    """The password of a group's own broker user, derived from ``broker_password`` (HMAC-SHA256
-    keyed with it): the inventory keeps one secret, and rotating it rotates every group's."""
-    message = f"brokerfleet group user {user}".encode()
+def derived_password(broker_password, purpose) -> str:
+    """A password derived from ``broker_password`` (HMAC-SHA256 keyed with it, in hex): the
+    inventory keeps one secret, and rotating it rotates every password derived from it."""
+    message = f"brokerfleet {purpose}".encode()
     return hmac.new(str(broker_password).encode(), message, hashlib.sha256).hexdigest()
+
+
+def group_password(broker_password, user) -> str:
+    """The password of a group's own broker user."""
+    return derived_password(broker_password, f"group user {user}")
+
+
+def jmx_password(broker_password) -> str:
+    """The password of ActiveMQ's JMX user. Hex, because the JDK's password file splits its
+    lines on blanks; derived, so that it rotates with ``broker_password``."""
+    return derived_password(broker_password, "activemq jmx")
 
 
 def group_credentials(group: dict, broker: dict) -> tuple[str, str]:

@@ -34,6 +34,7 @@ class FilterModule:
         return {
             "activemq_heap_mb": _adapt(activemq.heap_mb),
             "activemq_broker_limits": _adapt(activemq.broker_limits),
+            "activemq_jmx_password": _adapt(access.jmx_password),
             "fleet_group_errors": _adapt(inputs.group_errors),
             "fleet_input_errors": _adapt(inputs.input_errors),
             "fleet_host_cpus": _adapt(sizing.host_cpus),

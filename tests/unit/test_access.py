@@ -88,3 +88,12 @@ def test_tags_listed_as_a_string_are_read_too():
         [{"user": "a", "configure": "", "write": "", "read": ""}],
     )
     assert changes == {"tags": [], "permissions": [], "remove": []}
+
+
+def test_the_jmx_password_is_hex_derived_from_the_secret_and_no_group_user_shares_it():
+    password = access.jmx_password("p@ss w#rd")
+    assert re.fullmatch("[0-9a-f]{64}", password)  # one token on a password-file line
+    assert password == access.jmx_password("p@ss w#rd") != access.jmx_password("rotated")
+    assert password not in {
+        access.group_password("p@ss w#rd", user) for user in ("jmx", "activemq jmx")
+    }

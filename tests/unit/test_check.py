@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import re
+import socket
 import stat
 from importlib.machinery import SourceFileLoader
 from pathlib import Path
@@ -437,3 +438,32 @@ def test_awkward_queue_and_group_names_cannot_forge_metrics():
         value = re.sub(r'\\[\\"n]', lambda m: unescape[m.group()], match.group(3))
         seen.add(value)
     assert set(AWKWARD) | {"broker"} == seen
+
+
+# A statistics answer as ActiveMQ 5.17 sends it to a STOMP subscriber of jms-map-xml (shortened;
+# the newline in front ends the frame before it).
+STATS_FRAME = (
+    b"\nMESSAGE\ndestination:/temp-queue/brokerfleet-check\ntransformation:jms-map-xml\n"
+    b"message-id:ID\\cbroker-1\\c1\n\n<map>\n  <entry>\n    <string>destinationName</string>\n"
+    b"    <string>queue://jobs.high</string>\n  </entry>\n  <entry>\n    <string>size</string>\n"
+    b"    <long>7</long>\n  </entry>\n  <entry>\n    <string>stomp</string>\n"
+    b"    <string></string>\n  </entry>\n</map>\0"
+    b"MESSAGE\ndestination:/temp-queue/brokerfleet-check\n\n<map/>\0"
+)
+
+
+def test_statistics_frames_are_read_one_at_a_time_and_their_maps_decoded():
+    client = check.Stomp.__new__(check.Stomp)
+    client.socket, server = socket.socketpair()
+    client.buffer = b""
+    with client.socket, server:
+        server.sendall(STATS_FRAME)
+        command, headers, body = client.read_frame()
+        assert command == "MESSAGE"
+        assert headers["destination"] == "/temp-queue/brokerfleet-check"
+        assert check.stomp_map(body) == {
+            "destinationName": "queue://jobs.high",
+            "size": "7",
+            "stomp": "",
+        }
+        assert check.stomp_map(client.read_frame()[2]) == {}  # the end of a list

@@ -1,8 +1,10 @@
 """What an operator checks after `ansible-playbook site.yml` with broker_kind activemq: heap,
-limits and prefetch as the broker reports them over JMX, no anonymous access, and the
-production regression: 750 jobs over five priority levels, 4 workers polling in the weighted
-order, all completed, none left in flight, the broker under its memory limit."""
+limits and prefetch as the broker reports them (statistics over STOMP, JMX with its login), no
+anonymous access, and the production regression: 750 jobs over five priority levels, 4 workers
+polling in the weighted order, all completed, none left in flight, the broker under its memory
+limit."""
 
+import json
 import statistics
 import sys
 import time
@@ -23,53 +25,74 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from brokerfleet import activemq  # noqa: E402
 
 JMX = "service:jmx:rmi:///jndi/rmi://127.0.0.1:1099/jmxrmi"
+JMX_LOGIN = "/etc/activemq/instances-available/main/jmx.password"
 LEVELS = ["very_high", "high", "medium", "low", "very_low"]
 QUEUES = [f"jobs.{level}" for level in LEVELS]
 WORKERS = 4  # fleet_cpus 2 x workers_per_cpu 2 (molecule.yml)
 MB = 1024 * 1024
 
-# Reads one MBean attribute, composite ones too (`activemq query` cannot read java.lang MBeans).
+# Prints one attribute of each MBean matching a pattern (composite ones too), logged in with
+# the user and password of the file given (none: no credentials), so no password is on argv.
 JMX_GET = """
+import java.nio.file.*;
+import java.util.*;
 import javax.management.ObjectName;
 import javax.management.openmbean.CompositeData;
-import javax.management.remote.JMXConnectorFactory;
-import javax.management.remote.JMXServiceURL;
+import javax.management.remote.*;
 
 public class JmxGet {
     public static void main(String[] a) throws Exception {
-        try (var c = JMXConnectorFactory.connect(new JMXServiceURL(a[0]))) {
-            Object v = c.getMBeanServerConnection().getAttribute(new ObjectName(a[1]), a[2]);
-            System.out.println(a.length > 3 ? ((CompositeData) v).get(a[3]) : v);
+        Map<String, Object> login = new HashMap<>();
+        if (!a[0].equals("none")) {
+            String[] line = Files.readString(Path.of(a[0])).trim().split("\\\\s+");
+            login.put(JMXConnector.CREDENTIALS, new String[] {line[0], line[1]});
+        }
+        try (var c = JMXConnectorFactory.connect(new JMXServiceURL(a[1]), login)) {
+            var server = c.getMBeanServerConnection();
+            for (ObjectName name : new TreeSet<>(server.queryNames(new ObjectName(a[2]), null))) {
+                Object v = server.getAttribute(name, a[3]);
+                System.out.println(a.length > 4 ? ((CompositeData) v).get(a[4]) : v);
+            }
         }
     }
 }
 """
 
+# The broker's statistics plugin over STOMP, through brokerfleet-check's own client.
+STATISTICS = """
+import importlib.machinery, importlib.util, json, sys
+loader = importlib.machinery.SourceFileLoader("check", "/usr/local/sbin/brokerfleet-check")
+check = importlib.util.module_from_spec(importlib.util.spec_from_loader("check", loader))
+loader.exec_module(check)
+client = check.Stomp(json.load(open("/etc/brokerfleet/broker.json")))
+print(json.dumps(client.statistics(getattr(check, sys.argv[1]))))
+"""
 
-def query(broker, *selection):
-    """`activemq query` over JMX: one {attribute: value} per MBean, values as text."""
-    output = broker.check_output(f"activemq query --jmxurl {JMX} " + " ".join(selection))
-    beans, bean = [], {}
-    for line in output.splitlines():
-        key, sep, value = line.partition(" = ")
-        if not sep or not key.isalnum():
-            continue
-        if key in bean:
-            beans.append(bean)
-            bean = {}
-        bean[key] = value.strip()
-    return beans + [bean] if bean else beans
+
+def jmx_get(broker, *arguments, login=JMX_LOGIN):
+    broker.check_output(f"test -f /tmp/JmxGet.java || cat > /tmp/JmxGet.java <<'EOF'{JMX_GET}EOF")
+    return broker.run(f"java /tmp/JmxGet.java {login} {JMX} " + " ".join(arguments))
+
+
+def broker_statistics(broker, query):
+    return json.loads(broker.check_output(f"python3 -c '{STATISTICS}' {query}"))
 
 
 def broker_usage(broker):
-    view = "MemoryLimit,StoreLimit,TempLimit,MemoryPercentUsage"
-    return {k: int(v) for k, v in query(broker, "-QBroker=localhost", "--view", view)[0].items()}
+    (answer,) = broker_statistics(broker, "STATS_BROKER")
+    return {
+        key: int(answer[key])
+        for key in ("memoryLimit", "storeLimit", "tempLimit", "memoryPercentUsage")
+    }
 
 
 def queue_sizes(broker):
-    view = "Name,QueueSize,InFlightCount,ConsumerCount"
-    beans = query(broker, "'-QQueue=jobs.*'", "--view", view)
-    return {b["Name"]: {k: int(v) for k, v in b.items() if k != "Name"} for b in beans}
+    """{queue: {"size": jobs stored, dispatched included, "inflightCount", "consumerCount"}}."""
+    keys = ("size", "inflightCount", "consumerCount")
+    return {
+        answer["destinationName"].removeprefix("queue://"): {key: int(answer[key]) for key in keys}
+        for answer in broker_statistics(broker, "STATS_QUEUES")
+    }
 
 
 def test_the_checks_run_from_cron_on_both_hosts_and_see_the_queues(broker, worker):
@@ -87,18 +110,22 @@ def test_heap_and_limits_are_the_computed_ones(broker):
     disk_mb = int(broker.check_output("df -m --output=size /var/lib/activemq/main | tail -1"))
     limits = activemq.broker_limits(heap_mb, disk_mb)
 
-    broker.check_output(f"cat > /tmp/JmxGet.java <<'EOF'{JMX_GET}EOF")
-    heap = broker.check_output(
-        f"java /tmp/JmxGet.java {JMX} java.lang:type=Memory HeapMemoryUsage max"
-    )
-    assert int(heap) == heap_mb * MB
+    heap = jmx_get(broker, "java.lang:type=Memory", "HeapMemoryUsage", "max")
+    assert int(heap.stdout) == heap_mb * MB, heap.stderr
     usage = broker_usage(broker)
-    assert usage["MemoryLimit"] == limits["memory_mb"] * MB
+    assert usage["memoryLimit"] == limits["memory_mb"] * MB
     # Store and temp limits are shares of the disk; where other data leaves less free, the
     # broker lowers them at start to the space it finds (and logs so).
     free_mb = int(broker.check_output("df -m --output=avail /var/lib/activemq/main | tail -1"))
-    for name, limit_mb in (("StoreLimit", limits["store_mb"]), ("TempLimit", limits["temp_mb"])):
+    for name, limit_mb in (("storeLimit", limits["store_mb"]), ("tempLimit", limits["temp_mb"])):
         assert min(limit_mb, free_mb) * MB * 0.9 <= usage[name] <= limit_mb * MB, name
+
+
+def test_jmx_wants_the_login_only_its_own_user_reads(broker):
+    assert broker.check_output(f"stat -c '%U %a' {JMX_LOGIN}") == "activemq 400"
+    anonymous = jmx_get(broker, "java.lang:type=Memory", "HeapMemoryUsage", "max", login="none")
+    assert anonymous.rc != 0 and "Credentials required" in anonymous.stderr, anonymous.stderr
+    assert "brokerfleet-jmx" in broker.check_output(f"cat {JMX_LOGIN}")
 
 
 def test_jmx_listens_on_loopback_and_the_workers_reach_openwire_and_stomp(broker):
@@ -117,16 +144,14 @@ def test_each_worker_holds_one_consumer_per_level_with_prefetch_one(broker, work
     assert len(of_group(running(worker), "jobs")) == WORKERS
     sizes = queue_sizes(broker)
     for queue in QUEUES:
-        assert sizes[queue]["ConsumerCount"] == WORKERS, queue
-        consumers = query(
+        assert sizes[queue]["consumerCount"] == WORKERS, queue
+        consumers = jmx_get(
             broker,
-            "--objname",
-            f"'type=Broker,brokerName=localhost,destinationType=Queue,destinationName={queue},"
-            "endpoint=Consumer,*'",
-            "--view",
+            "'org.apache.activemq:type=Broker,brokerName=localhost,destinationType=Queue,"
+            f"destinationName={queue},endpoint=Consumer,*'",
             "PrefetchSize",
         )
-        assert [c["PrefetchSize"] for c in consumers] == ["1"] * WORKERS, queue
+        assert consumers.stdout.split() == ["1"] * WORKERS, (queue, consumers.stderr)
     # JMS clients of this group would pull (prefetch 0); STOMP clients hold one at most.
     # (Their environment is in the group's spec, named by its supervisord programs.)
     spec = worker.check_output(
@@ -162,7 +187,7 @@ def test_750_jobs_over_five_levels_all_complete_in_the_weighted_order(broker, wo
         publish(worker, "jobs", 150, 0.1, first_id=index * 1000 + 1, level=level)
     peak = 0
     for _ in range(120):
-        peak = max(peak, broker_usage(broker)["MemoryPercentUsage"])
+        peak = max(peak, broker_usage(broker)["memoryPercentUsage"])
         if sum(len(done_ids(worker, queue)) for queue in QUEUES) >= 750:
             break
         time.sleep(1)
@@ -170,7 +195,7 @@ def test_750_jobs_over_five_levels_all_complete_in_the_weighted_order(broker, wo
         first = index * 1000 + 1
         assert sorted(done_ids(worker, queue)) == list(range(first, first + 150)), queue
     sizes = queue_sizes(broker)
-    assert all(sizes[q]["QueueSize"] == 0 and sizes[q]["InFlightCount"] == 0 for q in QUEUES)
+    assert all(sizes[q]["size"] == 0 and sizes[q]["inflightCount"] == 0 for q in QUEUES)
     assert peak < 100
     # Weighted: the more urgent a level, the earlier its jobs ran, though all were queued
     # at once; very_low (weight 0) ran when the others were empty.
@@ -209,7 +234,7 @@ def test_moving_a_waiting_job_to_another_level_loses_nothing(broker, worker):
 
         def waiting():
             sizes = queue_sizes(broker)
-            return sizes["jobs.very_low"]["QueueSize"], sizes["jobs.very_high"]["QueueSize"]
+            return sizes["jobs.very_low"]["size"], sizes["jobs.very_high"]["size"]
 
         assert wait_until(lambda: waiting() == (4, 1), 10), waiting()
         code, answer = check(broker, "broker")
