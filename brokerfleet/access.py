@@ -2,8 +2,7 @@
 worker group that names one (``broker_user`` in the group), whose permissions cover only that
 group's queues, so one group's code cannot read, purge or redeclare another group's jobs.
 
-Plain Python, no Ansible import (see filter_plugins/fleet.py). RabbitMQ only: on ActiveMQ
-preflight refuses a group's own broker user.
+Plain Python, no Ansible import (see filter_plugins/fleet.py).
 """
 
 from __future__ import annotations
@@ -22,6 +21,10 @@ SHARED_USER_TAGS = ["management"]
 # Publishing through the default exchange needs write on it. Workers often queue follow-up jobs
 # for another group, as any AMQP client may; reading another group's queue is what is refused.
 DEFAULT_EXCHANGE = "amq.default"
+
+
+# ActiveMQ grants rights to groups of users: the shared user's, and one per group user.
+ACTIVEMQ_SHARED_GROUP = "brokerfleet"
 
 
 def derived_password(broker_password, purpose) -> str:
@@ -123,3 +126,60 @@ def _tags(value) -> list[str]:
     if isinstance(value, list):
         return value
     return [tag.strip() for tag in str(value or "").strip("[]").split(",") if tag.strip()]
+
+
+def activemq_group(user) -> str:
+    """The ActiveMQ group of a group's own broker user: the one holder of its rights."""
+    return f"brokerfleet-group-{user}"
+
+
+def activemq_users(groups, shared_user, password) -> list[dict]:
+    """The users simpleAuthenticationPlugin knows, each {user, password, group}: the shared
+    one, and one per group that names its own ``broker_user``."""
+    users = [{"user": str(shared_user), "password": str(password), "group": ACTIVEMQ_SHARED_GROUP}]
+    for group in groups:
+        user = group.get("broker_user")
+        if user:
+            users.append(
+                {
+                    "user": user,
+                    "password": group_password(password, user),
+                    "group": activemq_group(user),
+                }
+            )
+    return users
+
+
+def activemq_authorization(groups) -> dict:
+    """authorizationPlugin's map: ``entries`` ({kind: queue or topic, name, read, write, admin},
+    each right a comma-separated list of ActiveMQ groups) and ``temporary``, who may use
+    temporary destinations (replies). ActiveMQ grants the union of every entry that matches a
+    destination: the shared user may do anything; a group's own user reads and administers
+    (creates) only its group's queues and their dead-letter queues, and may send to any queue
+    that exists (follow-up jobs for other groups, as on RabbitMQ)."""
+    shared = ACTIVEMQ_SHARED_GROUP
+    everyone = ",".join(
+        [shared] + [activemq_group(g["broker_user"]) for g in groups if g.get("broker_user")]
+    )
+    entries = [
+        {"kind": "queue", "name": ">", "read": shared, "write": everyone, "admin": shared},
+        {"kind": "topic", "name": ">", "read": shared, "write": shared, "admin": shared},
+        # JMS clients watch these for temporary destinations; the broker alone writes them.
+        {
+            "kind": "topic",
+            "name": "ActiveMQ.Advisory.>",
+            "read": everyone,
+            "write": everyone,
+            "admin": everyone,
+        },
+    ]
+    for group in groups:
+        if not group.get("broker_user"):
+            continue
+        own = activemq_group(group["broker_user"])
+        for queue in queues.consumed_queues(group):
+            for name in (queue, queues.dead_letter_queue(queue, "activemq")):
+                entries.append(
+                    {"kind": "queue", "name": name, "read": own, "write": own, "admin": own}
+                )
+    return {"entries": entries, "temporary": everyone}

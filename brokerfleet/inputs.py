@@ -517,7 +517,7 @@ def _one_group_errors(group: dict, broker_kind: str, allow_root: bool) -> list[s
     if "user" in group:
         errors.extend(user_errors(group["user"], allow_root))
     if group.get("broker_user") is not None:
-        errors.extend(broker_user_errors(group["broker_user"], broker_kind))
+        errors.extend(broker_user_errors(group["broker_user"]))
     errors.extend(_group_number_errors(group))
     if "environment" in group:
         errors.extend(environment_errors(group["environment"]))
@@ -563,13 +563,8 @@ def queue_name_errors(queue, broker_kind: str = "rabbitmq") -> list[str]:
     return []
 
 
-def broker_user_errors(user, broker_kind: str = "rabbitmq") -> list[str]:
+def broker_user_errors(user) -> list[str]:
     """What is wrong with a group's own ``broker_user`` (brokerfleet/access.py)."""
-    if broker_kind != "rabbitmq":
-        return [
-            "broker_user: a broker user of the group's own is built for RabbitMQ only; on "
-            f"{broker_kind} every group logs in as the shared broker_user (remove the key)"
-        ]
     if not isinstance(user, str) or not BROKER_USER.fullmatch(user):
         return [f"broker_user must match {BROKER_USER.pattern}, got {user!r}"]
     return []

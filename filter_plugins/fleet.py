@@ -53,4 +53,6 @@ class FilterModule:
             "worker_specs": _adapt(sizing.worker_specs),
             "rabbitmq_users": _adapt(access.rabbitmq_users),
             "rabbitmq_access_changes": _adapt(access.rabbitmq_access_changes),
+            "activemq_users": _adapt(access.activemq_users),
+            "activemq_authorization": _adapt(access.activemq_authorization),
         }

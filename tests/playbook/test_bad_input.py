@@ -173,9 +173,9 @@ CASES = [
     ),
     ({"worker_groups": [group(user="root")]}, [where(), "user root is refused"], "user_root"),
     (
-        {"broker_kind": "activemq", "worker_groups": [group(broker_user="importer")]},
-        [where(), "broker_user: a broker user of the group's own is built for RabbitMQ only"],
-        "group_broker_user_activemq",
+        {"broker_kind": "activemq", "worker_groups": [group(broker_user="importer,admins")]},
+        [where(), "broker_user must match"],
+        "group_broker_user_comma",
     ),
     (
         {"worker_groups": [group(broker_user="brokerfleet")]},

@@ -97,3 +97,40 @@ def test_the_jmx_password_is_hex_derived_from_the_secret_and_no_group_user_share
     assert password not in {
         access.group_password("p@ss w#rd", user) for user in ("jmx", "activemq jmx")
     }
+
+
+def activemq_rights(destination, user, right):
+    """Whether ActiveMQ grants ``right`` on queue ``destination`` to ``user`` of GROUPS: the
+    union over every entry whose name matches (">" matches all, as the tests' names need)."""
+    users = {u["user"]: u for u in access.activemq_users(GROUPS, "brokerfleet", "s3cret")}
+    entries = access.activemq_authorization(GROUPS)["entries"]
+    return any(
+        entry["kind"] == "queue"
+        and entry["name"] in (">", destination)
+        and users[user]["group"] in entry[right].split(",")
+        for entry in entries
+    )
+
+
+def test_activemq_users_are_the_shared_one_and_each_group_user_with_a_derived_password():
+    users = {u["user"]: u for u in access.activemq_users(GROUPS, "brokerfleet", "s3cret")}
+    assert set(users) == {"brokerfleet", "importer", "mailer"}
+    assert users["brokerfleet"]["password"] == "s3cret"
+    assert users["importer"]["password"] == access.group_password("s3cret", "importer")
+    assert len({user["group"] for user in users.values()}) == 3
+
+
+def test_an_activemq_group_user_reads_only_its_own_queues_and_sends_anywhere():
+    own = ["imports", "ActiveMQ.DLQ.Queue.imports"]
+    for queue in own:
+        for right in ("read", "write", "admin"):
+            assert activemq_rights(queue, "importer", right), (queue, right)
+    for queue in ("reports.high", "mail.out", "ActiveMQ.DLQ.Queue.mail.out"):
+        assert not activemq_rights(queue, "importer", "read"), queue
+        assert not activemq_rights(queue, "importer", "admin"), queue
+        assert activemq_rights(queue, "importer", "write"), queue  # follow-up jobs
+        assert activemq_rights(queue, "brokerfleet", "read"), queue
+    temporary = access.activemq_authorization(GROUPS)["temporary"].split(",")
+    assert set(temporary) == {"brokerfleet"} | {
+        access.activemq_group(u) for u in ("importer", "mailer")
+    }

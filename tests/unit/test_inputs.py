@@ -539,14 +539,15 @@ def test_a_queue_equal_to_a_dead_letter_queue_is_always_refused(groups, seed):
 # --- a group's own broker user ------------------------------------------------------------------
 
 
-def test_a_group_may_name_its_own_broker_user_on_rabbitmq():
-    assert inputs.group_errors([group("a", broker_user="app.a@host")], shared_user="bf") == []
+@pytest.mark.parametrize("kind", ["rabbitmq", "activemq"])
+def test_a_group_may_name_its_own_broker_user(kind):
+    assert inputs.group_errors([group("a", broker_user="app.a@host")], kind, shared_user="bf") == []
 
 
 @pytest.mark.parametrize(
     ("groups", "kind", "expected"),
     [
-        ([group("a", broker_user="x")], "activemq", "built for RabbitMQ only"),
+        ([group("a", broker_user="x,y")], "activemq", "broker_user must match"),
         ([group("a", broker_user="bad user")], "rabbitmq", "broker_user must match"),
         ([group("a", broker_user="x\n")], "rabbitmq", "broker_user must match"),
         ([group("a", broker_user="bf")], "rabbitmq", "is the shared broker_user or another"),

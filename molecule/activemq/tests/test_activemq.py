@@ -22,7 +22,7 @@ from conftest import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from brokerfleet import activemq  # noqa: E402
+from brokerfleet import access, activemq  # noqa: E402
 
 JMX = "service:jmx:rmi:///jndi/rmi://127.0.0.1:1099/jmxrmi"
 JMX_LOGIN = "/etc/activemq/instances-available/main/jmx.password"
@@ -171,6 +171,19 @@ print(connection.recv(4096).split(b"\\n")[0].decode())
 EOF"""
 
 
+# Logs in, subscribes to a queue, prints what the broker answers: RECEIPT, or ERROR and why.
+STOMP_SUBSCRIBE = """python3 - <<'EOF'
+import socket
+connection = socket.create_connection(("broker", 61613), timeout=10)
+connection.sendall(b"CONNECT\\naccept-version:1.2\\nhost:broker\\nlogin:{user}\\npasscode:{password}\\n\\n\\0")
+connection.recv(4096)
+connection.sendall(b"SUBSCRIBE\\nid:1\\ndestination:/queue/{queue}\\nreceipt:1\\n\\n\\0")
+answer = connection.recv(4096).decode()
+print(answer.split("\\n")[0], [line for line in answer.split("\\n") if line.startswith("message:")])
+EOF"""
+GROUP_USER = ("jobs-mq", access.group_password("molecule-only-secret", "jobs-mq"))
+
+
 def test_anonymous_and_wrong_password_connections_are_refused(worker):
     def login(headers):
         return worker.check_output(STOMP_LOGIN.format(headers=headers))
@@ -178,6 +191,24 @@ def test_anonymous_and_wrong_password_connections_are_refused(worker):
     assert login("") == "ERROR"
     assert login("login:brokerfleet\\npasscode:wrong\\n") == "ERROR"
     assert login("login:brokerfleet\\npasscode:molecule-only-secret\\n") == "CONNECTED"
+    assert login(f"login:{GROUP_USER[0]}\\npasscode:{GROUP_USER[1]}\\n") == "CONNECTED"
+
+
+def test_the_group_user_reads_its_own_queues_and_no_other(worker):
+    def subscribe(user, password, queue):
+        command = STOMP_SUBSCRIBE.format(user=user, password=password, queue=queue)
+        return worker.check_output(command)
+
+    for queue in ("jobs.low", "ActiveMQ.DLQ.Queue.jobs.low"):
+        assert subscribe(*GROUP_USER, queue).startswith("RECEIPT"), queue
+    refused = subscribe(*GROUP_USER, "reports")
+    assert refused.startswith("ERROR") and "not authorized to read" in refused, refused
+    assert subscribe("brokerfleet", "molecule-only-secret", "reports").startswith("RECEIPT")
+    # The workers of the group log in as that user.
+    spec = worker.check_output(
+        "awk '/^command=/ {print $2; exit}' /etc/supervisor/conf.d/brokerfleet-jobs.conf"
+    )
+    assert f"stomp://{GROUP_USER[0]}:{GROUP_USER[1]}@" in worker.check_output(f"cat {spec}")
 
 
 def test_750_jobs_over_five_levels_all_complete_in_the_weighted_order(broker, worker):
