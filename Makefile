@@ -8,26 +8,29 @@ export ANSIBLE_FORCE_COLOR := false
 export PY_COLORS := 0
 
 SCENARIOS := default scale activemq
-# Python scripts the roles install; no .py suffix, so ruff is given them by name.
-SCRIPTS := roles/worker_fleet/files/brokerfleet-worker roles/fleet_checks/files/brokerfleet-check
 
 .PHONY: deploy status test lint unit molecule test-hosts bench clean
 
-## deploy: the broker and the demo fleet on this machine (inventories/local)
+# Your own hosts: make deploy INVENTORY=inventories/yours ARGS=--ask-vault-pass (ARGS takes any
+# ansible-playbook option: --check --diff, --limit, -e).
+INVENTORY ?= inventories/local/hosts.yml
+ARGS ?=
+
+## deploy: the broker and the demo fleet on this machine (inventories/local), or INVENTORY's
 deploy: $(VENV)/.installed
-	ansible-playbook site.yml
+	ansible-playbook -i $(INVENTORY) site.yml $(ARGS)
 
 ## status: per queue ready, unacked, consumers, rates, time to drain; per host load, workers
 status: $(VENV)/.installed
-	ansible-playbook playbooks/status.yml
+	ansible-playbook -i $(INVENTORY) playbooks/status.yml $(ARGS)
 
 ## test: lint, unit tests, then every molecule scenario on podman test hosts
 test: lint unit molecule
 
 lint: $(VENV)/.installed
 	yamllint --strict .
-	ruff check . $(SCRIPTS)
-	ruff format --check . $(SCRIPTS)
+	ruff check .
+	ruff format --check .
 	ansible-lint --offline
 
 unit: $(VENV)/.installed

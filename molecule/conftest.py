@@ -91,14 +91,17 @@ def converge(**extra_vars):
     return ansible_playbook("site.yml", **extra_vars)
 
 
-def ansible_playbook(playbook, expect_failure=False, **extra_vars):
-    """Run one of the bundle's playbooks on the scenario's hosts; its output. It must succeed,
-    or with ``expect_failure`` fail."""
+def ansible_playbook(playbook, expect_failure=False, options=(), **extra_vars):
+    """Run one of the bundle's playbooks on the scenario's hosts, with command-line
+    ``options`` (--limit ...); its output. It must succeed, or with ``expect_failure`` fail."""
     inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
     playbook = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / playbook
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     result = subprocess.run(
-        ["ansible-playbook", "-i", str(inventory), str(playbook), "-e", json.dumps(extra_vars)],
+        [
+            *("ansible-playbook", "-i", str(inventory), *options),
+            *(str(playbook), "-e", json.dumps(extra_vars)),
+        ],
         capture_output=True,
         text=True,
         env=env,

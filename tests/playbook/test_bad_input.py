@@ -25,6 +25,17 @@ BROKER_PLAY = "PLAY [Install and tune the message broker]"
 MISSING = object()
 
 
+def local_inventory(**variables):
+    """This machine as host `testhost`, in groups brokers and workers, with ``variables``."""
+    local = {"ansible_connection": "local", "ansible_python_interpreter": "/usr/bin/python3"}
+    return {
+        "all": {
+            "children": {group: {"hosts": {"testhost": None}} for group in ("brokers", "workers")},
+            "vars": {**local, **variables},
+        }
+    }
+
+
 def run_site(tmp_path, extra_vars=None, verbose=False, **variables):
     """site.yml in check mode on this machine as host `testhost` (broker and workers), with
     ``variables`` in the inventory and ``extra_vars`` given as ``-e name=value`` strings."""
@@ -32,21 +43,8 @@ def run_site(tmp_path, extra_vars=None, verbose=False, **variables):
     variables = {k: v for k, v in variables.items() if v is not MISSING}
     variables.setdefault("worker_groups", [GOOD_GROUP])
     variables.setdefault("fleet_cpus", 2)
-    inventory = {
-        "all": {
-            "children": {
-                "brokers": {"hosts": {"testhost": None}},
-                "workers": {"hosts": {"testhost": None}},
-            },
-            "vars": {
-                "ansible_connection": "local",
-                "ansible_python_interpreter": "/usr/bin/python3",
-                **variables,
-            },
-        }
-    }
     path = tmp_path / "hosts.yml"
-    path.write_text(yaml.safe_dump(inventory))
+    path.write_text(yaml.safe_dump(local_inventory(**variables)))
     cli = [arg for name, value in (extra_vars or {}).items() for arg in ("-e", f"{name}={value}")]
     env = dict(os.environ, ANSIBLE_FORCE_COLOR="false", ANSIBLE_NOCOLOR="true")
     result = subprocess.run(
@@ -433,3 +431,41 @@ def test_numbers_given_as_extra_var_strings_pass_preflight(tmp_path, variables, 
         assert re.search(re.escape(task) + r"\] \*+\nok: \[testhost\]", preflight), output
     for figure in sized:
         assert figure in preflight, output
+
+
+def test_an_inventory_laid_out_as_the_example_says_reads_its_vault(tmp_path):
+    """inventories/example's layout: settings in group_vars/all/main.yml, the password in an
+    encrypted group_vars/all/vault.yml beside it. Both are read: preflight passes, sizes the
+    group from main.yml, and the run gets past it."""
+    password_file = tmp_path / "vault-pass"
+    password_file.write_text("vault-test-only\n")
+    inventory = tmp_path / "inventory"
+    settings = inventory / "group_vars" / "all"
+    settings.mkdir(parents=True)
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(local_inventory()))
+    main = {
+        "broker_password": "{{ vault_broker_password }}",
+        "fleet_cpus": 3,
+        "worker_groups": [GOOD_GROUP],
+    }
+    (settings / "main.yml").write_text(yaml.safe_dump(main))
+    vault = settings / "vault.yml"
+    vault.write_text(yaml.safe_dump({"vault_broker_password": "s3cret from the vault"}))
+    vault_args = ["--vault-password-file", str(password_file)]
+    encrypt = [str(Path(ANSIBLE_PLAYBOOK).with_name("ansible-vault")), "encrypt", *vault_args]
+    subprocess.run([*encrypt, str(vault)], check=True, capture_output=True, timeout=60)
+    assert vault.read_text().startswith("$ANSIBLE_VAULT;")
+    result = subprocess.run(
+        [ANSIBLE_PLAYBOOK, "--check", "-v", *vault_args, "-i", str(inventory), "site.yml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, ANSIBLE_FORCE_COLOR="false", ANSIBLE_NOCOLOR="true"),
+        timeout=300,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    preflight = preflight_part(output)
+    assert "fatal:" not in preflight and "[ERROR]" not in preflight, output
+    assert "budget 6: {''imports'': 6}" in preflight, output  # main.yml's group: 3 CPUs x 2
+    assert "s3cret from the vault" not in output

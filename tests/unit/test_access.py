@@ -1,4 +1,4 @@
-"""Who may do what on the broker (brokerfleet/access.py)."""
+"""Who may do what on the broker (plugins/module_utils/access.py)."""
 
 import re
 

@@ -1,4 +1,4 @@
-"""Unit and property tests for brokerfleet/activemq.py."""
+"""Unit and property tests for plugins/module_utils/activemq.py."""
 
 import pytest
 from hypothesis import given

@@ -1,23 +1,17 @@
-"""Unit and property tests of roles/fleet_checks/files/brokerfleet-check: the load guard,
+"""Unit and property tests of roles/fleet_checks/files/brokerfleet_check.py: the load guard,
 autoscale, the broker and status reports, and how it writes its files."""
 
-import importlib.util
 import json
 import os
 import re
 import socket
 import stat
-from importlib.machinery import SourceFileLoader
-from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-CHECK = Path(__file__).resolve().parents[2] / "roles/fleet_checks/files/brokerfleet-check"
-loader = SourceFileLoader("brokerfleet_check", str(CHECK))
-check = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-loader.exec_module(check)
+import brokerfleet_check as check
 
 GROUPS = [
     {"name": "imports", "processes": 3, "min": 1, "importance": 4},
@@ -467,3 +461,8 @@ def test_statistics_frames_are_read_one_at_a_time_and_their_maps_decoded():
             "stomp": "",
         }
         assert check.stomp_map(client.read_frame()[2]) == {}  # the end of a list
+
+
+def test_an_unknown_broker_kind_in_the_check_configuration_is_an_error():
+    with pytest.raises(ValueError, match="unknown broker kind 'kafka'"):
+        check.broker_sample({"kind": "kafka"})

@@ -1,4 +1,4 @@
-"""Unit and property tests for brokerfleet/inputs.py: what preflight refuses."""
+"""Unit and property tests for plugins/module_utils/inputs.py: what preflight refuses."""
 
 import math
 import re

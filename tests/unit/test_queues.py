@@ -1,4 +1,5 @@
-"""Unit and property tests for brokerfleet/queues.py and the priority-level parts of sizing."""
+"""Unit and property tests for plugins/module_utils/queues.py and the priority-level parts of
+sizing."""
 
 import json
 from collections import Counter
@@ -169,3 +170,13 @@ def test_checked_queues_name_each_queue_its_group_and_dead_letter_queue():
     ]
     dead = [q["dead"] for q in queues.checked_queues(groups, "activemq")]
     assert dead[0] == "ActiveMQ.DLQ.Queue.wallabag.import"
+
+
+def test_an_unknown_broker_kind_is_an_error_not_a_guess():
+    with pytest.raises(ValueError, match="broker kind must be one of rabbitmq, activemq"):
+        queues.dead_letter_queue("jobs", "kafka")
+    group = {"name": "jobs", "queue": "jobs", "prefetch": 1, "poll_order": ["jobs"]}
+    with pytest.raises(ValueError, match="got 'kafka'"):
+        sizing.worker_environment(
+            group, {"kind": "kafka", "host": "mq", "user": "u", "password": "p"}
+        )

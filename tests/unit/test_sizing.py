@@ -1,4 +1,4 @@
-"""Unit and property tests for brokerfleet/sizing.py."""
+"""Unit and property tests for plugins/module_utils/sizing.py."""
 
 import pytest
 from hypothesis import given

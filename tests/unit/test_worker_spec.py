@@ -1,5 +1,6 @@
-"""The worker spec: what the controller writes (brokerfleet/sizing.py worker_specs) and what
-roles/worker_fleet/files/brokerfleet-exec starts from it, read back through the real launcher."""
+"""The worker spec: what the controller writes (plugins/module_utils/sizing.py worker_specs)
+and what roles/worker_fleet/files/brokerfleet_exec.py starts from it, read back through the real
+launcher."""
 
 import json
 import os
@@ -12,7 +13,7 @@ import pytest
 from brokerfleet import sizing
 
 ROOT = Path(__file__).resolve().parents[2]
-EXEC = ROOT / "roles/worker_fleet/files/brokerfleet-exec"
+EXEC = ROOT / "roles/worker_fleet/files/brokerfleet_exec.py"
 
 BROKER = {
     "kind": "rabbitmq",
@@ -110,7 +111,8 @@ def test_the_check_mode_refuses_a_broken_spec(tmp_path, broken):
     result = subprocess.run(
         [sys.executable, str(EXEC), "--check", str(path)], capture_output=True, text=True
     )
-    assert result.returncode != 0 and "brokerfleet-exec" in result.stderr
+    assert result.returncode != 0 and result.stderr.startswith("brokerfleet-exec: ")
+    assert "Traceback" not in result.stderr, result.stderr
 
 
 def test_a_spec_file_is_named_by_its_content():

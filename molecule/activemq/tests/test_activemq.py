@@ -6,9 +6,7 @@ limit."""
 
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 from conftest import (
     check,
@@ -21,8 +19,7 @@ from conftest import (
     wait_until,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from brokerfleet import access, activemq  # noqa: E402
+from brokerfleet import access, activemq
 
 JMX = "service:jmx:rmi:///jndi/rmi://127.0.0.1:1099/jmxrmi"
 JMX_LOGIN = "/etc/activemq/instances-available/main/jmx.password"

@@ -6,6 +6,7 @@ shows on a command line, and a run that fails before the switch leaves the fleet
 Runs last in the scenario (it changes the broker password)."""
 
 import json
+import re
 import shlex
 import time
 
@@ -213,3 +214,22 @@ def test_the_password_never_shows_on_a_command_line_while_it_changes(broker, wor
     # The new password is in force: the workers restarted with it and jobs flow.
     publish(worker, THUMBNAILS, 3, 0.1, first_id=72001)
     assert wait_until(lambda: {72001, 72002, 72003} <= set(done_ids(worker, THUMBNAILS)), 60)
+
+
+def test_a_run_limited_to_workers_refuses_a_group_whose_queue_the_broker_lacks(worker, group_vars):
+    # --limit worker: the broker play does not run, so nothing would declare the new queue.
+    newcomer = {"name": "newcomer", "command": "/usr/local/bin/brokerfleet-worker", "min": 0}
+    pids = running(worker)
+    output = ansible_playbook(
+        "site.yml",
+        expect_failure=True,
+        options=("--limit", "worker"),
+        worker_groups=[*group_vars["worker_groups"], newcomer],
+    )
+    # (The message may be folded at any blank.)
+    assert re.search(
+        r"leaves\s+out\s+the\s+broker\s+broker,\s+which\s+has\s+no\s+queue\s+newcomer", output
+    )
+    assert "'worker:brokers'" in output, output
+    assert running(worker) == pids
+    assert worker.run("test -e /etc/supervisor/conf.d/brokerfleet-newcomer.conf").rc == 1

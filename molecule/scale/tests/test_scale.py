@@ -2,9 +2,11 @@
 follow the sizing filters, processes that stay keep their PIDs, surplus ones stop after their
 current job, and every job completes exactly once."""
 
+import re
 import time
 
 from conftest import (
+    ansible_playbook,
     converge,
     cron_runs,
     done_ids,
@@ -25,6 +27,14 @@ def expected(group_vars, cpus):
     return sizing.split_budget(cpus * group_vars["workers_per_cpu"], group_vars["worker_groups"])
 
 
+def previewed(output):
+    """The supervisord programs a --check --diff run would add and remove (its diff of the
+    groups' files)."""
+    added = set(re.findall(r"^\+\[program:([\w-]+)\]$", output, re.MULTILINE))
+    removed = set(re.findall(r"^-\[program:([\w-]+)\]$", output, re.MULTILINE))
+    return added, removed
+
+
 def counts(worker, groups):
     processes = running(worker)
     return {g["name"]: len(of_group(processes, g["name"])) for g in groups}
@@ -39,6 +49,18 @@ def test_rerun_scales_groups_without_restarting_or_losing_anything(broker, worke
     assert counts(worker, groups) == expected(group_vars, 2)
     before = running(worker)
 
+    # The preview of the re-run: check mode changes nothing, and says what would start.
+    files = "md5sum /etc/supervisor/conf.d/brokerfleet-*.conf /etc/brokerfleet/fleet.json"
+    sums = worker.check_output(files)
+    preview = ansible_playbook("site.yml", options=("--check", "--diff"), fleet_cpus=8)
+    assert worker.check_output(files) == sums
+    assert running(worker) == before
+    added, removed = previewed(preview)
+    assert added and not removed, preview
+    # The summary play prints the plan per host and group.
+    for name, count in expected(group_vars, 8).items():
+        assert f"{name}: {count}, prefetch" in preview, preview
+
     # A backlog the 6 imports workers are draining while the fleet grows.
     publish(worker, "imports", 200, JOB_SECONDS, first_id=1)
     started = time.monotonic()
@@ -50,6 +72,8 @@ def test_rerun_scales_groups_without_restarting_or_losing_anything(broker, worke
     after_up = running(worker)
     # Every process that ran before still runs with the same PID: nothing was restarted.
     assert {name: after_up.get(name) for name in before} == before
+    # The run did what the preview said.
+    assert set(after_up) == set(before) | added
 
     # Keep all imports workers busy through the next converge, whose handler then stops the
     # surplus ones in the middle of jobs; each must finish and ack its job first.

@@ -1,18 +1,19 @@
-"""Ansible filters for brokerfleet: a thin adapter over brokerfleet/sizing.py.
+"""Ansible filters of the brokerfleet.fleet collection: thin adapters over its plain Python
+(plugins/module_utils, importable as `brokerfleet` too, which the unit tests use).
 
-The arithmetic lives in the plain Python module so that it is unit-tested without Ansible;
-this file only turns its ValueErrors into AnsibleFilterErrors that name the bad variable.
+The logic lives in those modules, unit-tested without Ansible; this file only turns their
+ValueErrors into AnsibleFilterErrors that name the bad variable. Roles call these filters by
+their full name, brokerfleet.fleet.<filter>.
 """
 
-import os
-import sys
-
 from ansible.errors import AnsibleFilterError
-
-# The bundle's own package, from this checkout, whether or not it was pip-installed.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from brokerfleet import access, activemq, inputs, queues, sizing  # noqa: E402
+from ansible_collections.brokerfleet.fleet.plugins.module_utils import (
+    access,
+    activemq,
+    inputs,
+    queues,
+    sizing,
+)
 
 
 def _adapt(function):

@@ -706,8 +706,10 @@ def activemq_sample(config):
 
 
 def broker_sample(config):
-    read = rabbitmq_sample if config["kind"] == "rabbitmq" else activemq_sample
-    return {"time": time.time(), **read(config)}
+    readers = {"rabbitmq": rabbitmq_sample, "activemq": activemq_sample}
+    if config["kind"] not in readers:
+        raise ValueError(f"{BROKER_CONFIG}: unknown broker kind {config['kind']!r}")
+    return {"time": time.time(), **readers[config["kind"]](config)}
 
 
 def read_broker(report):

@@ -1,7 +1,7 @@
 """The queues a fleet needs on its broker, the order workers poll them in, and the broker
 policies that govern them.
 
-Plain Python, no Ansible import (see filter_plugins/fleet.py).
+Plain Python, no Ansible import (see plugins/filter/fleet.py).
 """
 
 from __future__ import annotations
@@ -10,6 +10,9 @@ import json
 import math
 import re
 from functools import reduce
+
+# The brokers the bundle knows; any other kind is an error wherever a kind is read.
+BROKER_KINDS = ("rabbitmq", "activemq")
 
 DEAD_SUFFIX = ".dead"
 # ActiveMQ's individualDeadLetterStrategy names a queue's dead-letter queue by this prefix.
@@ -60,7 +63,15 @@ def dead_letter_queue(queue: str, broker_kind: str) -> str:
     """Where ``broker_kind`` moves a queue's rejected and expired messages: ``<queue>.dead`` on
     RabbitMQ (the bundle's policy), ``ActiveMQ.DLQ.Queue.<queue>`` on ActiveMQ (its
     individualDeadLetterStrategy)."""
-    return queue + DEAD_SUFFIX if broker_kind == "rabbitmq" else ACTIVEMQ_DEAD_PREFIX + queue
+    if broker_kind == "rabbitmq":
+        return queue + DEAD_SUFFIX
+    if broker_kind == "activemq":
+        return ACTIVEMQ_DEAD_PREFIX + queue
+    raise unknown_kind(broker_kind)
+
+
+def unknown_kind(broker_kind) -> ValueError:
+    return ValueError(f"broker kind must be one of {', '.join(BROKER_KINDS)}, got {broker_kind!r}")
 
 
 def priority_errors(levels) -> list[str]:

@@ -1,6 +1,6 @@
 """The rules every input of the bundle must follow: what preflight refuses, and why.
 
-Plain Python with no Ansible import: filter_plugins/fleet.py adapts it, pytest and hypothesis
+Plain Python with no Ansible import: plugins/filter/fleet.py adapts it, pytest and hypothesis
 test it directly. ``input_errors`` takes the variables a role uses, as a mapping of name to
 value, and returns every problem, each naming the variable (and, for ``worker_groups``, the
 group); preflight asserts the list is empty before any host changes. The argument specs
@@ -21,7 +21,7 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from brokerfleet import activemq, queues
+from . import activemq, queues
 
 # Defaults of the worker-group contract (README "Worker group contract").
 GROUP_DEFAULTS = {
@@ -87,7 +87,7 @@ CRON_MINUTE = re.compile(
 HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 # supervisord's byte sizes: a number, optionally KB, MB or GB.
 SUPERVISOR_BYTES = re.compile(r"[0-9]+(KB|MB|GB)?")
-BROKER_KINDS = ("rabbitmq", "activemq")
+BROKER_KINDS = queues.BROKER_KINDS
 # What a numeric string looks like (as -e gives it); no blanks, no "nan", no "inf".
 # Templates render some of them as given, hence no "+" and no leading zeros either.
 INTEGER_TEXT = re.compile(r"-?(0|[1-9][0-9]*)")
@@ -564,7 +564,7 @@ def queue_name_errors(queue, broker_kind: str = "rabbitmq") -> list[str]:
 
 
 def broker_user_errors(user) -> list[str]:
-    """What is wrong with a group's own ``broker_user`` (brokerfleet/access.py)."""
+    """What is wrong with a group's own ``broker_user`` (plugins/module_utils/access.py)."""
     if not isinstance(user, str) or not BROKER_USER.fullmatch(user):
         return [f"broker_user must match {BROKER_USER.pattern}, got {user!r}"]
     return []

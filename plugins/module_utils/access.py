@@ -2,7 +2,7 @@
 worker group that names one (``broker_user`` in the group), whose permissions cover only that
 group's queues, so one group's code cannot read, purge or redeclare another group's jobs.
 
-Plain Python, no Ansible import (see filter_plugins/fleet.py).
+Plain Python, no Ansible import (see plugins/filter/fleet.py).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import re
 
-from brokerfleet import queues
+from . import queues
 
 # The tag that marks the users this module made for groups: a user with it that no group names
 # any more is removed. RabbitMQ gives a tag it does not know no rights.

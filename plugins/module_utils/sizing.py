@@ -1,6 +1,6 @@
 """Sizing arithmetic for a broker and its worker fleet.
 
-Plain Python with no Ansible import: the filter plugin in filter_plugins/ adapts these functions,
+Plain Python with no Ansible import: the filter plugin in plugins/filter/ adapts these functions,
 pytest and hypothesis test them directly. Every number the bundle derives from a host is
 computed here, so a newcomer finds each decision in one place.
 """
@@ -14,11 +14,11 @@ import math
 import shlex
 from urllib.parse import quote
 
-from brokerfleet import access, inputs, queues
+from . import access, inputs, queues
 
-# The worker-group contract, its defaults and its checks, lives in brokerfleet/inputs.py;
+# The worker-group contract, its defaults and its checks, lives in plugins/module_utils/inputs.py;
 # fleet_plan refuses groups that break it.
-from brokerfleet.inputs import GROUP_DEFAULTS, group_errors
+from .inputs import GROUP_DEFAULTS, group_errors
 
 # Version of the worker spec files brokerfleet-exec reads (worker_spec).
 WORKER_SPEC_FORMAT = 1
@@ -202,7 +202,7 @@ def worker_environment(group: dict, broker: dict) -> dict:
 
     ``broker`` holds kind, host, user, password, and for RabbitMQ port and vhost, for ActiveMQ
     openwire_port and stomp_port. A group with its own ``broker_user`` logs in as that user
-    (brokerfleet/access.py). Credentials are URL-encoded, an IPv6 host is bracketed. The
+    (plugins/module_utils/access.py). Credentials are URL-encoded, an IPv6 host is bracketed. The
     group's own ``environment`` comes first, so the bundle's keys win (preflight refuses a group
     that sets one of them).
     """
@@ -222,9 +222,11 @@ def worker_environment(group: dict, broker: dict) -> dict:
                 f"?activemq.prefetchSize={group['prefetch']}"
             ),
         }
-    else:
+    elif broker["kind"] == "rabbitmq":
         vhost = quote(str(broker["vhost"]), safe="")
         urls = {"BROKER_URL": f"amqp://{user}:{password}@{host}:{broker['port']}/{vhost}"}
+    else:
+        raise queues.unknown_kind(broker["kind"])
     environment = {
         **(group.get("environment") or {}),
         "BROKER_KIND": broker["kind"],

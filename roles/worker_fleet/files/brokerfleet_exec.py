@@ -44,7 +44,7 @@ def load(path, on_this_host=True):
     ):
         problems.append("environment must map names to strings")
     texts = [*(argv or []), str(directory), *(environment or {}), *(environment or {}).values()]
-    if any("\0" in text for text in texts):
+    if any("\0" in text for text in texts if isinstance(text, str)):  # others refused above
         problems.append("a value holds a NUL byte")
     if problems:
         sys.exit(f"brokerfleet-exec: {path}: " + "; ".join(problems))

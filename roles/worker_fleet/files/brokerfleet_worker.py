@@ -232,9 +232,12 @@ class StompBroker:
 
 
 def connect(environment):
-    if environment.get("BROKER_KIND", "rabbitmq") == "activemq":
+    kind = environment.get("BROKER_KIND")
+    if kind == "activemq":
         return StompBroker(environment["BROKER_STOMP_URL"])
-    return AmqpBroker(environment["BROKER_URL"])
+    if kind == "rabbitmq":
+        return AmqpBroker(environment["BROKER_URL"])
+    sys.exit(f"BROKER_KIND must be rabbitmq or activemq, got {kind!r}")
 
 
 def split(names):

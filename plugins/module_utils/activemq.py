@@ -1,6 +1,6 @@
 """Sizing of an ActiveMQ Classic broker from its host: JVM heap and systemUsage limits.
 
-Plain Python with no Ansible import (see filter_plugins/fleet.py). Errors are ValueErrors whose
+Plain Python with no Ansible import (see plugins/filter/fleet.py). Errors are ValueErrors whose
 message names the variable the user has to change.
 """
 
