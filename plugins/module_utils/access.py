@@ -61,6 +61,11 @@ def own_queues_pattern(group: dict, broker_kind: str = "rabbitmq") -> str:
     return "^(" + "|".join(re.escape(name) for name in names) + ")$"
 
 
+def own_users(groups) -> list[tuple[dict, str]]:
+    """(group, its broker_user) for each group that names a broker user of its own."""
+    return [(group, group["broker_user"]) for group in groups if group.get("broker_user")]
+
+
 def rabbitmq_users(groups, shared_user, password) -> list[dict]:
     """Every application user the broker needs: the shared one (``broker_user``, all rights on
     the vhost) and one per group that names its own. Each is {user, password, tags, configure,
@@ -75,10 +80,7 @@ def rabbitmq_users(groups, shared_user, password) -> list[dict]:
             "read": ".*",
         }
     ]
-    for group in groups:
-        user = group.get("broker_user")
-        if not user:
-            continue
+    for group, user in own_users(groups):
         own = own_queues_pattern(group)
         users.append(
             {
@@ -137,16 +139,14 @@ def activemq_users(groups, shared_user, password) -> list[dict]:
     """The users simpleAuthenticationPlugin knows, each {user, password, group}: the shared
     one, and one per group that names its own ``broker_user``."""
     users = [{"user": str(shared_user), "password": str(password), "group": ACTIVEMQ_SHARED_GROUP}]
-    for group in groups:
-        user = group.get("broker_user")
-        if user:
-            users.append(
-                {
-                    "user": user,
-                    "password": group_password(password, user),
-                    "group": activemq_group(user),
-                }
-            )
+    for _, user in own_users(groups):
+        users.append(
+            {
+                "user": user,
+                "password": group_password(password, user),
+                "group": activemq_group(user),
+            }
+        )
     return users
 
 
@@ -158,9 +158,7 @@ def activemq_authorization(groups) -> dict:
     (creates) only its group's queues and their dead-letter queues, and may send to any queue
     that exists (follow-up jobs for other groups, as on RabbitMQ)."""
     shared = ACTIVEMQ_SHARED_GROUP
-    everyone = ",".join(
-        [shared] + [activemq_group(g["broker_user"]) for g in groups if g.get("broker_user")]
-    )
+    everyone = ",".join([shared] + [activemq_group(user) for _, user in own_users(groups)])
     entries = [
         {"kind": "queue", "name": ">", "read": shared, "write": everyone, "admin": shared},
         {"kind": "topic", "name": ">", "read": shared, "write": shared, "admin": shared},
@@ -173,10 +171,8 @@ def activemq_authorization(groups) -> dict:
             "admin": everyone,
         },
     ]
-    for group in groups:
-        if not group.get("broker_user"):
-            continue
-        own = activemq_group(group["broker_user"])
+    for group, user in own_users(groups):
+        own = activemq_group(user)
         for queue in queues.consumed_queues(group):
             for name in (queue, queues.dead_letter_queue(queue, "activemq")):
                 entries.append(
