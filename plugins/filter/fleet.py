@@ -10,6 +10,8 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.brokerfleet.fleet.plugins.module_utils import (
     access,
     activemq,
+    brokers,
+    hostfiles,
     inputs,
     queues,
     sizing,
@@ -29,7 +31,7 @@ def _adapt(function):
 
 
 class FilterModule:
-    """brokerfleet sizing filters."""
+    """brokerfleet.fleet filters."""
 
     def filters(self):
         return {
@@ -41,17 +43,19 @@ class FilterModule:
             "fleet_host_cpus": _adapt(sizing.host_cpus),
             "fleet_worker_budget": _adapt(sizing.worker_budget),
             "fleet_plan": _adapt(sizing.fleet_plan),
-            "fleet_manifest": _adapt(sizing.fleet_manifest),
+            "fleet_manifest": _adapt(hostfiles.fleet_manifest),
+            "fleet_checks_settings": _adapt(hostfiles.checks_settings),
+            "fleet_broker_config": _adapt(hostfiles.broker_config),
+            "fleet_broker_packages": _adapt(brokers.packages),
             "fleet_prefetch": _adapt(sizing.prefetch_for),
             "fleet_queues": _adapt(queues.group_queues),
-            "fleet_checked_queues": _adapt(queues.checked_queues),
             "rabbitmq_queue_policies": _adapt(queues.rabbitmq_queue_policies),
             "rabbitmq_policy_changes": _adapt(queues.rabbitmq_policy_changes),
             "rabbitmq_missing_queues": _adapt(queues.rabbitmq_missing_queues),
             "activemq_queue_policies": _adapt(sizing.activemq_queue_policies),
             "fleet_poll_order": _adapt(queues.poll_order),
             "rabbitmq_memory_watermark": _adapt(sizing.memory_watermark),
-            "worker_specs": _adapt(sizing.worker_specs),
+            "worker_specs": _adapt(hostfiles.worker_specs),
             "rabbitmq_users": _adapt(access.rabbitmq_users),
             "rabbitmq_access_changes": _adapt(access.rabbitmq_access_changes),
             "activemq_users": _adapt(access.activemq_users),

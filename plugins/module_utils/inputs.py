@@ -21,7 +21,7 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import activemq, queues
+from . import activemq, brokers, queues
 
 # Defaults of the worker-group contract (README "Worker group contract").
 GROUP_DEFAULTS = {
@@ -87,7 +87,7 @@ CRON_MINUTE = re.compile(
 HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 # supervisord's byte sizes: a number, optionally KB, MB or GB.
 SUPERVISOR_BYTES = re.compile(r"[0-9]+(KB|MB|GB)?")
-BROKER_KINDS = queues.BROKER_KINDS
+BROKER_KINDS = brokers.BROKER_KINDS
 # What a numeric string looks like (as -e gives it); no blanks, no "nan", no "inf".
 # Templates render some of them as given, hence no "+" and no leading zeros either.
 INTEGER_TEXT = re.compile(r"-?(0|[1-9][0-9]*)")

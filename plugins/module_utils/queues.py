@@ -11,12 +11,7 @@ import math
 import re
 from functools import reduce
 
-# The brokers the bundle knows; any other kind is an error wherever a kind is read.
-BROKER_KINDS = ("rabbitmq", "activemq")
-
-DEAD_SUFFIX = ".dead"
-# ActiveMQ's individualDeadLetterStrategy names a queue's dead-letter queue by this prefix.
-ACTIVEMQ_DEAD_PREFIX = "ActiveMQ.DLQ.Queue."
+from . import brokers
 
 # Priority levels a group may declare, most urgent first. Each level is its own queue,
 # <queue>.<level>, so a backlog of one level never hides another level's jobs.
@@ -62,16 +57,8 @@ def checked_queues(groups, broker_kind) -> list[dict]:
 def dead_letter_queue(queue: str, broker_kind: str) -> str:
     """Where ``broker_kind`` moves a queue's rejected and expired messages: ``<queue>.dead`` on
     RabbitMQ (the bundle's policy), ``ActiveMQ.DLQ.Queue.<queue>`` on ActiveMQ (its
-    individualDeadLetterStrategy)."""
-    if broker_kind == "rabbitmq":
-        return queue + DEAD_SUFFIX
-    if broker_kind == "activemq":
-        return ACTIVEMQ_DEAD_PREFIX + queue
-    raise unknown_kind(broker_kind)
-
-
-def unknown_kind(broker_kind) -> ValueError:
-    return ValueError(f"broker kind must be one of {', '.join(BROKER_KINDS)}, got {broker_kind!r}")
+    individualDeadLetterStrategy). See plugins/module_utils/brokers.py."""
+    return brokers.kind(broker_kind).dead_letter_queue(queue)
 
 
 def priority_errors(levels) -> list[str]:
@@ -159,7 +146,7 @@ def rabbitmq_queue_policies(groups, max_length=0, extra=None) -> list[dict]:
     limits = {"max-length": max_length, "overflow": "reject-publish"} if max_length else {}
     policies = []
     for queue in group_queues(groups):
-        dead = queue + DEAD_SUFFIX
+        dead = dead_letter_queue(queue, "rabbitmq")
         work = {
             "dead-letter-exchange": "",
             "dead-letter-routing-key": dead,

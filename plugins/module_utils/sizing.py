@@ -7,21 +7,15 @@ computed here, so a newcomer finds each decision in one place.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
-import json
 import math
-import shlex
 from urllib.parse import quote
 
-from . import access, inputs, queues
+from . import access, brokers, inputs, queues
 
 # The worker-group contract, its defaults and its checks, lives in plugins/module_utils/inputs.py;
 # fleet_plan refuses groups that break it.
 from .inputs import GROUP_DEFAULTS, group_errors
-
-# Version of the worker spec files brokerfleet-exec reads (worker_spec).
-WORKER_SPEC_FORMAT = 1
 
 # Largest prefetch handed to a consumer of very short jobs. RabbitMQ's guide to consumer
 # prefetch finds 100-300 gives the best throughput for tiny jobs; the low end keeps the
@@ -169,11 +163,12 @@ def fleet_plan(
 ) -> list[dict]:
     """The groups with their defaults filled in and what the bundle derives for each:
     ``processes``, ``prefetch``, ``openwire_prefetch``, ``stopwaitsecs``, the queues its
-    workers poll (``poll_order``, ``poll_when_idle``), and ``slots``: the supervisord programs
-    rendered for it. With ``autoscale`` a group may gain workers from idle groups, so it gets
-    a program for each worker it may reach (its max, or the whole budget); only the first
-    ``processes`` start by themselves. Groups that break the contract on ``broker_kind`` (with
-    ``allow_root``: fleet_allow_root_workers) are refused, every error in one ValueError.
+    workers poll (``poll_order``, ``poll_when_idle``), and ``programs``: the names of the
+    supervisord programs rendered for it. With ``autoscale`` a group may gain workers from idle
+    groups, so it gets a program for each worker it may reach (its max, or the whole budget);
+    only the first ``processes`` start by themselves. Groups that break the contract on
+    ``broker_kind`` (with ``allow_root``: fleet_allow_root_workers) are refused, every error in
+    one ValueError.
     """
     allow_root = inputs.flag("fleet_allow_root_workers", allow_root)
     errors = group_errors(groups, broker_kind, allow_root=allow_root)
@@ -191,7 +186,8 @@ def fleet_plan(
         g["poll_order"] = polls["order"]
         g["poll_when_idle"] = polls["when_idle"]
         ceiling = budget if g["max"] is None else min(g["max"], budget)
-        g["slots"] = max(g["processes"], ceiling) if autoscale else g["processes"]
+        slots = max(g["processes"], ceiling) if autoscale else g["processes"]
+        g["programs"] = [program_name(g["name"], index) for index in range(slots)]
         plan.append(g)
     return plan
 
@@ -201,35 +197,17 @@ def worker_environment(group: dict, broker: dict) -> dict:
     get"); brokerfleet-exec adds WORKER_PROCESS, the one key that differs between processes.
 
     ``broker`` holds kind, host, user, password, and for RabbitMQ port and vhost, for ActiveMQ
-    openwire_port and stomp_port. A group with its own ``broker_user`` logs in as that user
-    (plugins/module_utils/access.py). Credentials are URL-encoded, an IPv6 host is bracketed. The
-    group's own ``environment`` comes first, so the bundle's keys win (preflight refuses a group
-    that sets one of them).
+    openwire_port and stomp_port (the URLs per kind: plugins/module_utils/brokers.py). A group
+    with its own ``broker_user`` logs in as that user (plugins/module_utils/access.py).
+    Credentials are URL-encoded, an IPv6 host is bracketed. The group's own ``environment``
+    comes first, so the bundle's keys win (preflight refuses a group that sets one of them).
     """
+    kind = brokers.kind(broker["kind"])
     user, password = (quote(text, safe="") for text in access.group_credentials(group, broker))
-    host = url_host(broker["host"])
-    if broker["kind"] == "activemq":
-        urls = {
-            # JMS (OpenWire) clients read the prefetch from the URL; 0 makes each receive() pull.
-            "BROKER_URL": (
-                f"tcp://{host}:{broker['openwire_port']}"
-                f"?jms.prefetchPolicy.all={group['openwire_prefetch']}"
-                f"&jms.userName={user}&jms.password={password}"
-            ),
-            # STOMP cannot pull: 1 is its smallest working prefetch.
-            "BROKER_STOMP_URL": (
-                f"stomp://{user}:{password}@{host}:{broker['stomp_port']}"
-                f"?activemq.prefetchSize={group['prefetch']}"
-            ),
-        }
-    elif broker["kind"] == "rabbitmq":
-        vhost = quote(str(broker["vhost"]), safe="")
-        urls = {"BROKER_URL": f"amqp://{user}:{password}@{host}:{broker['port']}/{vhost}"}
-    else:
-        raise queues.unknown_kind(broker["kind"])
+    urls = kind.worker_urls(broker, group, user, password, brokers.url_host(broker["host"]))
     environment = {
         **(group.get("environment") or {}),
-        "BROKER_KIND": broker["kind"],
+        "BROKER_KIND": kind.name,
         **urls,
         "BROKER_QUEUE": group["queue"],
         "BROKER_PREFETCH": group["prefetch"],
@@ -242,60 +220,6 @@ def worker_environment(group: dict, broker: dict) -> dict:
     return {key: str(value) for key, value in environment.items()}
 
 
-def url_host(host) -> str:
-    """``host`` as the host part of a URL: an IPv6 address goes in brackets (RFC 3986)."""
-    host = str(host)
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
-def fleet_manifest(plan, cpus: int, budget: int) -> dict:
-    """What the play rendered on a worker host, for the checks (/etc/brokerfleet/fleet.json):
-    per group its processes and what the load guard and status report need. No secrets."""
-    keys = ("name", "processes", "slots", "min", "max", "importance", "job_seconds")
-    groups = [
-        {
-            **{key: group[key] for key in keys},
-            "queues": list(dict.fromkeys(group["poll_order"] + group["poll_when_idle"])),
-        }
-        for group in plan
-    ]
-    return {"cpus": cpus, "budget": budget, "groups": groups}
-
-
-def worker_spec(group: dict, broker: dict, allow_root: bool = False) -> dict:
-    """What brokerfleet-exec starts for every process of a planned ``group``: the command as an
-    argument vector, the working directory and the environment.
-
-    The role writes it as JSON, which carries every value exactly as the inventory wrote it:
-    supervisord's own syntax cannot (it expands ``%``, strips `` #`` and `` ;`` comments and
-    quotes, and cuts values at commas), so its files hold only names and paths the bundle
-    chose. The command is split like supervisord would split it (a POSIX shell word list).
-    """
-    return {
-        "format": WORKER_SPEC_FORMAT,
-        "group": group["name"],
-        "argv": shlex.split(group["command"]),
-        "directory": group["directory"],
-        "environment": worker_environment(group, broker),
-        "allow_root": bool(allow_root),
-    }
-
-
-def worker_spec_digest(spec: dict) -> str:
-    """A short digest of a worker spec: part of its file name, so a changed spec is a new file
-    and the running workers keep theirs until supervisord switches them over."""
-    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def worker_specs(plan, broker: dict, allow_root: bool = False) -> dict:
-    """Per planned group, its worker spec and the file it is written to, ``<group>.<digest>.json``
-    (the worker_fleet role's spec directory)."""
-    specs = {}
-    for group in plan:
-        spec = worker_spec(group, broker, allow_root)
-        specs[group["name"]] = {
-            "spec": spec,
-            "file": f"{group['name']}.{worker_spec_digest(spec)}.json",
-        }
-    return specs
+def program_name(group_name: str, index: int) -> str:
+    """The supervisord program of a group's ``index``-th worker slot: <group>-NN."""
+    return f"{group_name}-{index:02d}"

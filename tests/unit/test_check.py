@@ -12,12 +12,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import brokerfleet_check as check
+from brokerfleet import sizing
 
 GROUPS = [
     {"name": "imports", "processes": 3, "min": 1, "importance": 4},
     {"name": "thumbnails", "processes": 2, "min": 1, "importance": 1},
     {"name": "billing", "processes": 2, "min": 0, "importance": 5},
 ]
+
+
+def programs(group, count):
+    """A group's supervisord program names, as the plan names them."""
+    return [sizing.program_name(group, index) for index in range(count)]
 
 
 def run(state, loads, groups=GROUPS, high=0.8, low=0.5, runs=2):
@@ -65,7 +71,10 @@ def test_shed_counts_follow_a_smaller_manifest():
 
 
 def test_expected_processes_leave_out_the_highest_numbers():
-    groups = [{**GROUPS[0], "slots": 4}, {**GROUPS[1], "slots": 2}]
+    groups = [
+        {**GROUPS[0], "programs": programs("imports", 4)},
+        {**GROUPS[1], "programs": programs("thumbnails", 2)},
+    ]
     expected = check.expected_processes(groups, {"imports": 1})
     assert expected == {
         "imports-00": True,
@@ -200,8 +209,8 @@ def test_the_status_text_shows_each_queue_with_its_rates_and_drain_time():
 FLEET = [  # a budget of 8, every group rendered with 8 slots
     {
         "name": "imports",
+        "programs": programs("imports", 8),
         "processes": 4,
-        "slots": 8,
         "min": 1,
         "max": 6,
         "importance": 4,
@@ -209,8 +218,8 @@ FLEET = [  # a budget of 8, every group rendered with 8 slots
     },
     {
         "name": "thumbnails",
+        "programs": programs("thumbnails", 8),
         "processes": 2,
-        "slots": 8,
         "min": 0,
         "max": None,
         "importance": 1,
@@ -218,8 +227,8 @@ FLEET = [  # a budget of 8, every group rendered with 8 slots
     },
     {
         "name": "reports",
+        "programs": programs("reports", 8),
         "processes": 2,
-        "slots": 8,
         "min": 1,
         "max": None,
         "importance": 3,
@@ -295,7 +304,7 @@ def test_autoscale_keeps_the_budget_and_bounds_and_settles(backlog, runs):
     assert sum(moved.values()) == 0  # workers move, the budget stays
     for group in FLEET:
         workers = group["processes"] + moved[group["name"]]
-        ceiling = group["slots"] if group["max"] is None else group["max"]
+        ceiling = len(group["programs"]) if group["max"] is None else group["max"]
         assert group["min"] <= workers <= max(ceiling, group["processes"])
     # Under a constant backlog it settles: once it holds still, it stays still.
     settled = actions.index(None) if None in actions else len(actions)

@@ -214,7 +214,7 @@ def test_groups_share_a_queue_only_without_priority_levels():
 
 
 def test_dead_letter_queue_names_follow_the_broker():
-    assert queues.dead_letter_queue("jobs", "rabbitmq") == "jobs" + queues.DEAD_SUFFIX
+    assert queues.dead_letter_queue("jobs", "rabbitmq") == "jobs.dead"
     assert queues.dead_letter_queue("jobs", "activemq") == "ActiveMQ.DLQ.Queue.jobs"
 
 
@@ -531,7 +531,9 @@ def test_groups_within_the_contract_have_no_errors(groups, kind):
 @given(valid_groups.filter(bool), st.integers(min_value=0, max_value=100))
 def test_a_queue_equal_to_a_dead_letter_queue_is_always_refused(groups, seed):
     victim = groups[seed % len(groups)]
-    extra = group("zz_extra", queue=queues.consumed_queues(victim)[0] + queues.DEAD_SUFFIX)
+    extra = group(
+        "zz_extra", queue=queues.dead_letter_queue(queues.consumed_queues(victim)[0], "rabbitmq")
+    )
     errors = inputs.group_errors([*groups, extra])
     assert any("is the dead-letter queue" in e for e in errors), errors
 

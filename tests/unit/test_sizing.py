@@ -229,33 +229,12 @@ def test_activemq_workers_get_openwire_and_stomp_urls_carrying_the_prefetch():
     assert fast_environment["BROKER_STOMP_URL"].endswith("activemq.prefetchSize=10")
 
 
-def test_manifest_holds_what_the_checks_need_and_no_secrets():
-    plan = sizing.fleet_plan([group("jobs", priority_levels={"high": 1, "low": 0})], 2)
-    manifest = sizing.fleet_manifest(plan, 1, 2)
-    assert manifest == {
-        "cpus": 1,
-        "budget": 2,
-        "groups": [
-            {
-                "name": "jobs",
-                "processes": 2,
-                "slots": 2,
-                "min": 1,
-                "max": None,
-                "importance": 3,
-                "job_seconds": 5,
-                "queues": ["jobs.high", "jobs.low"],
-            }
-        ],
-    }
-
-
 def test_autoscale_renders_spare_slots_up_to_max_or_the_budget():
     groups = [group("imports", weight=3), group("thumbnails", max=3), group("digest", max=1)]
     plan = sizing.fleet_plan(groups, 8, autoscale=True)
-    assert {g["name"]: (g["processes"], g["slots"]) for g in plan} == {
+    assert {g["name"]: (g["processes"], len(g["programs"])) for g in plan} == {
         "imports": (6, 8),
         "thumbnails": (1, 3),
         "digest": (1, 1),
     }
-    assert [g["slots"] for g in sizing.fleet_plan(groups, 8)] == [6, 1, 1]  # off: no spares
+    assert [len(g["programs"]) for g in sizing.fleet_plan(groups, 8)] == [6, 1, 1]  # off: no spares

@@ -1,4 +1,4 @@
-"""The worker spec: what the controller writes (plugins/module_utils/sizing.py worker_specs)
+"""The worker spec: what the controller writes (plugins/module_utils/hostfiles.py worker_specs)
 and what roles/worker_fleet/files/brokerfleet_exec.py starts from it, read back through the real
 launcher."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from brokerfleet import sizing
+from brokerfleet import hostfiles, sizing
 
 ROOT = Path(__file__).resolve().parents[2]
 EXEC = ROOT / "roles/worker_fleet/files/brokerfleet_exec.py"
@@ -72,7 +72,7 @@ def launch(path, process="jobs-00"):
 def test_every_value_reaches_the_worker_exactly_as_written(tmp_path):
     command = f'{sys.executable} -c "{ECHO}" \'50% #1; a,b\' "dq \\"x\\"" \' pad \' Grüße'
     group = plan(command=command, directory=str(tmp_path), environment=AWKWARD)
-    spec = sizing.worker_spec(group, BROKER, allow_root=True)
+    spec = hostfiles.worker_spec(group, BROKER, allow_root=True)
     result = launch(write_spec(tmp_path, spec))
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout)
@@ -89,7 +89,7 @@ def test_every_value_reaches_the_worker_exactly_as_written(tmp_path):
 
 @pytest.mark.skipif(os.getuid() != 0, reason="the launcher's root refusal needs root")
 def test_the_launcher_refuses_root_unless_the_spec_allows_it(tmp_path):
-    spec = sizing.worker_spec(plan(), BROKER, allow_root=False)
+    spec = hostfiles.worker_spec(plan(), BROKER, allow_root=False)
     result = launch(write_spec(tmp_path, spec))
     assert result.returncode != 0 and "would run as root" in result.stderr
 
@@ -116,9 +116,9 @@ def test_the_check_mode_refuses_a_broken_spec(tmp_path, broken):
 
 
 def test_a_spec_file_is_named_by_its_content():
-    one = sizing.worker_specs([plan()], BROKER)
-    same = sizing.worker_specs([plan()], BROKER)
-    other = sizing.worker_specs([plan()], {**BROKER, "password": "rotated"})
+    one = hostfiles.worker_specs([plan()], BROKER)
+    same = hostfiles.worker_specs([plan()], BROKER)
+    other = hostfiles.worker_specs([plan()], {**BROKER, "password": "rotated"})
     assert one == same
     assert one["jobs"]["file"].startswith("jobs.") and one["jobs"]["file"].endswith(".json")
     assert one["jobs"]["file"] != other["jobs"]["file"]

@@ -10,6 +10,7 @@ import re
 import shlex
 import time
 
+import pytest
 from conftest import VHOST, ansible_playbook, done_ids, publish, rabbitmqctl, running, wait_until
 
 from brokerfleet import access
@@ -106,10 +107,21 @@ def test_the_worker_user_reads_no_secret_no_config_and_no_checker_state(worker):
     assert as_user(worker, "ls /var/lib/brokerfleet-check").rc != 0
 
 
-def test_the_broker_check_configuration_is_root_only(broker):
-    config = broker.file("/etc/brokerfleet/broker.json")
-    assert (config.user, config.mode) == ("root", 0o600)
-    assert as_user(broker, "cat /etc/brokerfleet/broker.json", user="nobody").rc != 0
+def test_the_check_configuration_is_root_only(broker, worker):
+    # broker.json holds the broker password, checks.json the alert command (maybe a token).
+    for host, path in [
+        (broker, "/etc/brokerfleet/broker.json"),
+        (broker, "/etc/brokerfleet/checks.json"),
+        (worker, "/etc/brokerfleet/checks.json"),
+    ]:
+        config = host.file(path)
+        assert (config.user, config.mode) == ("root", 0o600), path
+        assert as_user(host, f"cat {path}", user="nobody").rc != 0, path
+    # Its cron lines name the check and nothing else: the settings are in checks.json.
+    assert (
+        "brokerfleet-check workers --quiet\n"
+        in worker.file("/etc/cron.d/brokerfleet-check").content_string
+    )
 
 
 def test_a_symlink_planted_by_the_worker_user_is_never_followed(worker):
@@ -216,20 +228,25 @@ def test_the_password_never_shows_on_a_command_line_while_it_changes(broker, wor
     assert wait_until(lambda: {72001, 72002, 72003} <= set(done_ids(worker, THUMBNAILS)), 60)
 
 
-def test_a_run_limited_to_workers_refuses_a_group_whose_queue_the_broker_lacks(worker, group_vars):
-    # --limit worker: the broker play does not run, so nothing would declare the new queue.
+@pytest.mark.parametrize(
+    ("options", "shown"),
+    [(("--limit", "worker"), "--limit worker"), (("--tags", "workers"), "--tags workers")],
+)
+def test_a_run_that_leaves_the_broker_out_refuses_a_group_whose_queue_it_lacks(
+    worker, group_vars, options, shown
+):
+    # Without the broker play (--limit, or tags), nothing would declare the new queue.
     newcomer = {"name": "newcomer", "command": "/usr/local/bin/brokerfleet-worker", "min": 0}
     pids = running(worker)
     output = ansible_playbook(
         "site.yml",
         expect_failure=True,
-        options=("--limit", "worker"),
+        options=options,
         worker_groups=[*group_vars["worker_groups"], newcomer],
     )
     # (The message may be folded at any blank.)
-    assert re.search(
-        r"leaves\s+out\s+the\s+broker\s+broker,\s+which\s+has\s+no\s+queue\s+newcomer", output
-    )
-    assert "'worker:brokers'" in output, output
+    assert re.search(r"leaves\s+out\s+the\s+broker\s+play\s+on\s+broker", output), output
+    assert re.search(r"has\s+no\s+queue\s+newcomer", output), output
+    assert re.search(shown.replace(" ", r"\s+"), output), output
     assert running(worker) == pids
     assert worker.run("test -e /etc/supervisor/conf.d/brokerfleet-newcomer.conf").rc == 1

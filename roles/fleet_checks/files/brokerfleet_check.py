@@ -5,11 +5,16 @@
     brokerfleet-check broker    on broker hosts: alarms, node health, queues (below)
     brokerfleet-check status    what this host runs, at a glance; changes nothing
 
+Settings come from /etc/brokerfleet/checks.json (--settings; written by the fleet_checks role,
+root's only), so cron runs a bare `brokerfleet-check workers --quiet`; each option below
+overrides its setting. The play's files (that one, fleet.json and broker.json) carry a format
+number: one of another format is reported UNKNOWN rather than half understood.
+
 workers: starts supervisord if it is down; runs the load guard (when the load per CPU stays
-above --load-high for --runs consecutive runs, stops one worker of the least important group:
+above load_high for `runs` consecutive runs, stops one worker of the least important group:
 importance 1 first, never below a group's min, never an importance-5 group; when it stays below
---load-low as long, gives one back; state in /var/lib/brokerfleet-check/load-guard.json); then
-starts the processes of /etc/brokerfleet/fleet.json, less what the guard shed, that are not
+load_low as long, gives one back; state in /var/lib/brokerfleet-check/load-guard.json); then
+starts the programs of /etc/brokerfleet/fleet.json, less what the guard shed, that are not
 running.
 
 broker: reads /etc/brokerfleet/broker.json (written by the broker role). RabbitMQ, through the
@@ -23,11 +28,11 @@ load per CPU and the workers running against those expected.
 
 Every action and problem goes to syslog and /var/log/brokerfleet/check.log. Exit codes follow
 the Nagios convention: 0 OK, 1 WARNING (something was repaired or shed, or needs a look),
-2 CRITICAL, 3 UNKNOWN (the check itself failed). --json prints the result as JSON;
---prometheus FILE writes it as a Prometheus textfile; --quiet prints only news (an action, or
-problems that differ from the previous run's, recovery included), so that cron mails once per
-change; --alert-command CMD runs CMD with the report on stdin on the same news. Python standard
-library and supervisor's XML-RPC interface only.
+2 CRITICAL, 3 UNKNOWN (the check itself failed). --json prints the result as JSON; a
+Prometheus textfile goes to <prometheus_dir>/brokerfleet-<check>.prom (or --prometheus FILE);
+--quiet prints only news (an action, or problems that differ from the previous run's, recovery
+included), so that cron mails once per change; the alert command runs with the report on stdin
+on the same news. Python standard library and supervisor's XML-RPC interface only.
 
 Its state lives in /var/lib/brokerfleet-check (root's, mode 0700), never in the workers' home.
 Every file it writes goes through write_file(): a fresh temporary file, then a rename onto the
@@ -55,8 +60,13 @@ import urllib.request
 import xmlrpc.client
 from xml.etree import ElementTree
 
+# What the play writes for this program, each of a format it checks (hostfiles.py).
 MANIFEST = "/etc/brokerfleet/fleet.json"
+FLEET_FORMAT = 1
 BROKER_CONFIG = "/etc/brokerfleet/broker.json"
+BROKER_FORMAT = 1
+SETTINGS = "/etc/brokerfleet/checks.json"
+CHECKS_FORMAT = 1
 # Root's own (mode 0700, created by the role): the workers' home /var/lib/brokerfleet, where
 # the state used to be, is writable by every worker.
 STATE_DIR = "/var/lib/brokerfleet-check"
@@ -75,10 +85,6 @@ USAGE_WARNING = 80
 SAMPLE_MAX_AGE = 900
 
 log = logging.getLogger("brokerfleet-check")
-
-
-def process_name(group, index):
-    return f"{group}-{index:02d}"
 
 
 # --- load guard (pure: unit-tested in tests/unit/test_check.py) --------------------------------
@@ -141,13 +147,13 @@ def _clamp_shed(shed, groups):
 
 
 def expected_processes(groups, shed):
-    """{process name: True if it should run, False if not}, over every program rendered
-    (``slots``): the first ``processes`` run, less what the guard shed."""
+    """{program: True if it should run, False if not}, over every program rendered: the first
+    ``processes`` of a group's ``programs`` run, less what the guard shed."""
     expected = {}
     for group in groups:
         keep = group["processes"] - shed.get(group["name"], 0)
-        for index in range(group["slots"]):
-            expected[process_name(group["name"], index)] = index < keep
+        for index, program in enumerate(group["programs"]):
+            expected[program] = index < keep
     return expected
 
 
@@ -161,7 +167,7 @@ def autoscale_step(moved, groups, backlog, horizon):
     ``moved`` is {group: workers gained (+) or lent (-)}; ``backlog`` {group: jobs waiting or
     in progress}, or None when unknown (it then holds still). A group whose backlog would take
     longer than ``horizon`` seconds to drain (backlog x job_seconds / workers) gains one
-    worker from a group with an idle queue, up to its max and its rendered ``slots``; never
+    worker from a group with an idle queue, up to its max and its rendered ``programs``; never
     below a lender's min. It gives one back once its backlog would drain within half the
     horizon with one worker fewer, so the two rules never undo each other.
     """
@@ -178,7 +184,8 @@ def autoscale_step(moved, groups, backlog, horizon):
         )
 
     def ceiling(group):
-        return group["slots"] if group["max"] is None else min(group["max"], group["slots"])
+        slots = len(group["programs"])
+        return slots if group["max"] is None else min(group["max"], slots)
 
     for group in sorted(groups, key=drain):
         lenders = [g for g in groups if moved[g["name"]] < 0]
@@ -498,12 +505,28 @@ def check_workers(args, report):
 
 
 def read_manifest(report):
-    manifest = read_json(MANIFEST, None)
-    if manifest is None:
-        report.problem(UNKNOWN, f"no manifest at {MANIFEST}: has the play run on this host?")
+    """The groups of the fleet manifest, or None (reported) when there is none to trust."""
+    manifest = read_controller_file(MANIFEST, FLEET_FORMAT, report)
+    return None if manifest is None else manifest["groups"]
+
+
+def read_controller_file(path, format_, report):
+    """A file the play wrote for this program (the collection's plugins/module_utils/hostfiles.py
+    renders each), or None, reported UNKNOWN, when it is missing or of another format: a file
+    of a newer or older play is never half understood."""
+    data = read_json(path, None)
+    if data is None:
+        report.problem(UNKNOWN, f"no {path}: has the play run on this host?")
         return None
-    # A manifest of an older play rendered no spare slots.
-    return [{"slots": group["processes"], **group} for group in manifest["groups"]]
+    if not isinstance(data, dict) or data.get("format") != format_:
+        found = data.get("format") if isinstance(data, dict) else None
+        report.problem(
+            UNKNOWN,
+            f"{path} is of format {found}, this brokerfleet-check reads {format_}: run the "
+            "whole play (site.yml) on this host",
+        )
+        return None
+    return data
 
 
 def read_moved(groups):
@@ -533,7 +556,7 @@ def describe_workers(args, report, groups):
         info = {}
         report.problem(CRITICAL, "supervisord is down")
     for group in groups:
-        names = [process_name(group["name"], i) for i in range(group["slots"])]
+        names = group["programs"]
         running = sum(info.get(n, {}).get("statename") == "RUNNING" for n in names)
         expected = group["processes"] - shed.get(group["name"], 0)
         report.data["groups"][group["name"]] = {
@@ -714,9 +737,8 @@ def broker_sample(config):
 
 def read_broker(report):
     """(config, sample) of this host's broker, or (config, None) when it did not answer."""
-    config = read_json(BROKER_CONFIG, None)
+    config = read_controller_file(BROKER_CONFIG, BROKER_FORMAT, report)
     if config is None:
-        report.problem(UNKNOWN, f"no broker configuration at {BROKER_CONFIG}")
         return None, None
     try:
         return config, broker_sample(config)
@@ -871,17 +893,46 @@ def setup_logging():
 
 CHECKS = {"workers": check_workers, "broker": check_broker, "status": status}
 
+# What checks.json sets, each overridden by its option on the command line.
+SETTINGS_KEYS = (
+    "load_high",
+    "load_low",
+    "runs",
+    "autoscale_horizon",
+    "alert_command",
+    "load_source",
+    "backlog_source",
+)
 
-def main(argv):
+
+def apply_settings(args, report):
+    """Fill in from --settings (checks.json) what the command line left unset. False, reported
+    UNKNOWN, when the workers or broker check has no settings to run by; status runs without
+    them (a user other than root cannot read them)."""
+    quiet = Report(args.check) if args.check == "status" else report
+    settings = read_controller_file(args.settings, CHECKS_FORMAT, quiet) or {}
+    for key in SETTINGS_KEYS:
+        if getattr(args, key) is None:
+            setattr(args, key, settings.get(key))
+    args.backlog_source = args.backlog_source or BROKER_SAMPLE
+    args.autoscale_horizon = args.autoscale_horizon or 0
+    if args.prometheus is None and settings.get("prometheus_dir") and args.check != "status":
+        args.prometheus = f"{settings['prometheus_dir']}/brokerfleet-{args.check}.prom"
+    return bool(settings) or args.check == "status"
+
+
+def arguments(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("check", choices=list(CHECKS))
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--quiet", action="store_true", help="print only news (see above)")
+    parser.add_argument("--settings", default=SETTINGS, help="the settings file (see above)")
+    # Each option below overrides its setting in --settings, which has them all.
     parser.add_argument("--prometheus", metavar="FILE", help="also write a Prometheus textfile")
     parser.add_argument("--alert-command", help="run with the report on stdin on news")
-    parser.add_argument("--load-high", type=float, default=0.8, help="load per CPU to shed at")
-    parser.add_argument("--load-low", type=float, default=0.5, help="load per CPU to restore at")
-    parser.add_argument("--runs", type=int, default=3, help="consecutive runs before acting")
+    parser.add_argument("--load-high", type=float, help="load per CPU to shed at")
+    parser.add_argument("--load-low", type=float, help="load per CPU to restore at")
+    parser.add_argument("--runs", type=int, help="consecutive runs before acting")
     parser.add_argument("--load-source", help="file with a load per CPU to use (drills)")
     parser.add_argument(
         "--interval", type=float, default=10, help="status: seconds between two broker samples"
@@ -889,18 +940,20 @@ def main(argv):
     parser.add_argument(
         "--autoscale-horizon",
         type=float,
-        default=0,
         help="workers: move workers toward backlogs longer than this many seconds (0: off)",
     )
-    parser.add_argument(
-        "--backlog-source", default=BROKER_SAMPLE, help="broker sample autoscale reads (drills)"
-    )
-    args = parser.parse_args(argv)
+    parser.add_argument("--backlog-source", help="broker sample autoscale reads (drills)")
+    return parser.parse_args(argv)
+
+
+def main(argv):
+    args = arguments(argv)
     setup_environment()
     setup_logging()
     report = Report(args.check)
     try:
-        CHECKS[args.check](args, report)
+        if apply_settings(args, report):
+            CHECKS[args.check](args, report)
     except Exception as error:  # noqa: BLE001 - an UNKNOWN result, not a traceback in cron mail
         report.problem(UNKNOWN, f"the check failed: {error!r}")
 

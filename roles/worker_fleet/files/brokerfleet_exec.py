@@ -4,11 +4,12 @@
     brokerfleet-exec SPEC PROCESS       what supervisord runs, as the group's user
     brokerfleet-exec --check SPEC       validate a spec file (the role's `validate:`)
 
-SPEC is the JSON file the worker_fleet role writes per group (brokerfleet.sizing.worker_spec):
-the command as an argument vector, its working directory and its environment, each exactly as
-the inventory wrote it. supervisord's own syntax cannot carry such values (it expands `%`,
-takes ` #` and ` ;` for comments, cuts environment values at commas), so its program sections
-hold only this command, whose words are names and paths the bundle chose.
+SPEC is the JSON file the worker_fleet role writes per group (worker_spec in the collection's
+plugins/module_utils/hostfiles.py): the command as an argument vector, its working directory
+and its environment, each exactly as the inventory wrote it. supervisord's own syntax cannot
+carry such values (it expands `%`, takes ` #` and ` ;` for comments, cuts environment values
+at commas), so its program sections hold only this command, whose words are names and paths
+the bundle chose.
 
 The process gets supervisord's environment, the spec's, and WORKER_PROCESS=PROCESS, then
 becomes the group's command (exec: same PID, so supervisord signals the worker itself).

@@ -1,0 +1,124 @@
+"""Every file the controller writes for a program on the hosts, rendered here and only here.
+
+    /etc/brokerfleet/fleet.json        fleet_manifest   brokerfleet-check workers, status
+    /etc/brokerfleet/checks.json       checks_settings  brokerfleet-check (its cron line is bare)
+    /etc/brokerfleet/broker.json       broker_config    brokerfleet-check broker, status
+    /etc/brokerfleet/workers/*.json    worker_specs     brokerfleet-exec, which starts workers
+
+Each holds a ``format`` number that the host program checks: a file of another format is
+refused (the checks report UNKNOWN, brokerfleet-exec does not start), never half understood.
+Bump a format whenever a host program could misread the file without the change. The host
+programs read these files back as written; tests/unit/test_hostfiles.py proves the round trip.
+
+Plain Python, no Ansible import (see plugins/filter/fleet.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+
+from . import brokers, inputs, queues, sizing
+
+FLEET_FORMAT = 1
+CHECKS_FORMAT = 1
+BROKER_FORMAT = 1
+WORKER_SPEC_FORMAT = 1
+
+
+def fleet_manifest(plan, cpus: int, budget: int) -> dict:
+    """What the play rendered on a worker host: per group its supervisord ``programs`` (the
+    first ``processes`` start by themselves, the rest are autoscale's spare slots) and what the
+    load guard and status need. No secrets: mode 0644."""
+    keys = ("name", "programs", "processes", "min", "max", "importance", "job_seconds")
+    groups = [
+        {
+            **{key: group[key] for key in keys},
+            "queues": list(dict.fromkeys(group["poll_order"] + group["poll_when_idle"])),
+        }
+        for group in plan
+    ]
+    return {"format": FLEET_FORMAT, "cpus": cpus, "budget": budget, "groups": groups}
+
+
+def checks_settings(
+    load_high,
+    load_low,
+    runs,
+    autoscale_horizon=0,
+    alert_command="",
+    prometheus_dir="",
+    load_source=None,
+    backlog_source=None,
+) -> dict:
+    """How brokerfleet-check runs on this host (the fleet_checks role's variables, checked
+    there): the load guard's thresholds, autoscale's horizon, the alert hook, where Prometheus
+    textfiles go, and the drill inputs. Root's only (0600): an alert command may hold a token.
+    """
+    return {
+        "format": CHECKS_FORMAT,
+        "load_high": float(inputs.number("fleet_checks_load_high", load_high)),
+        "load_low": float(inputs.number("fleet_checks_load_low", load_low)),
+        "runs": inputs.number("fleet_checks_runs", runs),
+        "autoscale_horizon": float(inputs.number("fleet_autoscale_horizon", autoscale_horizon)),
+        "alert_command": alert_command or None,
+        "prometheus_dir": prometheus_dir or None,
+        "load_source": load_source or None,
+        "backlog_source": backlog_source or None,
+    }
+
+
+def broker_config(groups, broker: dict) -> dict:
+    """How brokerfleet-check reaches this host's broker, and which queues it watches (each
+    consumed queue, its group and its dead-letter queue). ``broker`` holds kind, user, password
+    and what the kind's ``check_access`` needs (plugins/module_utils/brokers.py). Root's only
+    (0600): it holds the password."""
+    kind = brokers.kind(broker["kind"])
+    return {
+        "format": BROKER_FORMAT,
+        "kind": kind.name,
+        **kind.check_access(broker),
+        "user": str(broker["user"]),
+        "password": str(broker["password"]),
+        "queues": queues.checked_queues(groups, kind.name),
+    }
+
+
+def worker_spec(group: dict, broker: dict, allow_root: bool = False) -> dict:
+    """What brokerfleet-exec starts for every process of a planned ``group``: the command as an
+    argument vector, the working directory and the environment.
+
+    The role writes it as JSON, which carries every value exactly as the inventory wrote it:
+    supervisord's own syntax cannot (it expands ``%``, strips `` #`` and `` ;`` comments and
+    quotes, and cuts values at commas), so its files hold only names and paths the bundle
+    chose. The command is split like supervisord would split it (a POSIX shell word list).
+    """
+    return {
+        "format": WORKER_SPEC_FORMAT,
+        "group": group["name"],
+        "argv": shlex.split(group["command"]),
+        "directory": group["directory"],
+        "environment": sizing.worker_environment(group, broker),
+        "allow_root": bool(allow_root),
+    }
+
+
+def worker_spec_digest(spec: dict) -> str:
+    """A short digest of a worker spec: part of its file name, so a changed spec is a new file
+    and the running workers keep theirs until supervisord switches them over."""
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def worker_specs(plan, broker: dict, allow_root: bool = False) -> dict:
+    """Per planned group, its worker spec and the file it is written to, ``<group>.<digest>.json``
+    (the worker_fleet role's spec directory)."""
+    specs = {}
+    for group in plan:
+        spec = worker_spec(group, broker, allow_root)
+        specs[group["name"]] = {
+            "spec": spec,
+            "file": f"{group['name']}.{worker_spec_digest(spec)}.json",
+        }
+    return specs

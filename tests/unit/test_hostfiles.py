@@ -1,0 +1,220 @@
+"""Round trips of every file the controller writes for a host program: rendered by
+plugins/module_utils/hostfiles.py as the roles write it (to_nice_json), then read back by the
+host program's own reader (roles/fleet_checks/files/brokerfleet_check.py; the worker specs and
+brokerfleet-exec: tests/unit/test_worker_spec.py)."""
+
+import base64
+import http.server
+import json
+import socket
+import threading
+
+import pytest
+
+import brokerfleet_check as check
+from brokerfleet import hostfiles, sizing
+
+# What the playbook's to_nice_json filter writes.
+NICE = {"indent": 4, "sort_keys": True, "ensure_ascii": False}
+
+
+def write(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_text(json.dumps(data, **NICE) + "\n")
+    return str(path)
+
+
+def group(name, **keys):
+    return {"name": name, "command": "/bin/true", **keys}
+
+
+def test_both_sides_agree_on_every_format():
+    assert check.FLEET_FORMAT == hostfiles.FLEET_FORMAT
+    assert check.CHECKS_FORMAT == hostfiles.CHECKS_FORMAT
+    assert check.BROKER_FORMAT == hostfiles.BROKER_FORMAT
+
+
+# --- fleet.json -------------------------------------------------------------------------------
+
+
+def test_the_manifest_holds_what_the_checks_need_and_no_secrets():
+    plan = sizing.fleet_plan([group("jobs", priority_levels={"high": 1, "low": 0})], 2)
+    assert hostfiles.fleet_manifest(plan, 1, 2) == {
+        "format": hostfiles.FLEET_FORMAT,
+        "cpus": 1,
+        "budget": 2,
+        "groups": [
+            {
+                "name": "jobs",
+                "programs": ["jobs-00", "jobs-01"],
+                "processes": 2,
+                "min": 1,
+                "max": None,
+                "importance": 3,
+                "job_seconds": 5,
+                "queues": ["jobs.high", "jobs.low"],
+            }
+        ],
+    }
+
+
+def test_the_checker_reads_the_manifest_back_and_expects_the_programs_the_plan_rendered(
+    tmp_path, monkeypatch
+):
+    groups = [group("imports", max=3), group("thumbnails", weight=2), group("reports", min=0)]
+    plan = sizing.fleet_plan(groups, 6, autoscale=True)
+    manifest = hostfiles.fleet_manifest(plan, 3, 6)
+    monkeypatch.setattr(check, "MANIFEST", write(tmp_path, "fleet.json", manifest))
+    report = check.Report("workers")
+    read = check.read_manifest(report)
+    assert read == manifest["groups"] and report.data["problems"] == []
+    expected = check.expected_processes(read, shed={})
+    assert list(expected) == [program for g in plan for program in g["programs"]]
+    assert [p for p, starts in expected.items() if starts] == [
+        program for g in plan for program in g["programs"][: g["processes"]]
+    ]
+
+
+@pytest.mark.parametrize("data", [{"groups": []}, {"format": 99, "groups": []}, ["x"]])
+def test_a_manifest_of_another_format_is_refused_not_half_read(tmp_path, monkeypatch, data):
+    monkeypatch.setattr(check, "MANIFEST", write(tmp_path, "fleet.json", data))
+    report = check.Report("workers")
+    assert check.read_manifest(report) is None
+    assert report.code == check.UNKNOWN
+    assert "run the whole play" in report.data["problems"][0]
+
+
+# --- checks.json ------------------------------------------------------------------------------
+
+SETTINGS = {
+    "load_high": "0.9",  # as -e gives them
+    "load_low": 0.4,
+    "runs": 5,
+    "autoscale_horizon": 600,
+    "alert_command": "logger -t fleet 'at 100%' # not a comment",
+    "prometheus_dir": "/var/lib/prometheus/node-exporter",
+    "load_source": "/var/lib/brokerfleet-check/drill-load",
+    "backlog_source": None,
+}
+
+
+def test_the_checker_reads_its_settings_back_as_the_role_wrote_them(tmp_path):
+    settings = hostfiles.checks_settings(**SETTINGS)
+    path = write(tmp_path, "checks.json", settings)
+    args = check.arguments(["workers", "--settings", path])
+    assert check.apply_settings(args, check.Report("workers"))
+    assert (args.load_high, args.load_low, args.runs) == (0.9, 0.4, 5)
+    assert args.autoscale_horizon == 600
+    assert args.alert_command == SETTINGS["alert_command"]
+    assert args.load_source == SETTINGS["load_source"]
+    assert args.backlog_source == check.BROKER_SAMPLE  # unset: the broker check's sample
+    assert args.prometheus == "/var/lib/prometheus/node-exporter/brokerfleet-workers.prom"
+
+
+def test_the_command_line_overrides_a_setting(tmp_path):
+    path = write(tmp_path, "checks.json", hostfiles.checks_settings(**SETTINGS))
+    args = check.arguments(["workers", "--settings", path, "--load-high", "2", "--runs", "1"])
+    check.apply_settings(args, check.Report("workers"))
+    assert (args.load_high, args.load_low, args.runs) == (2.0, 0.4, 1)
+
+
+def test_without_settings_the_checks_do_not_run_but_status_does(tmp_path):
+    missing = str(tmp_path / "absent.json")
+    report = check.Report("workers")
+    assert not check.apply_settings(check.arguments(["workers", "--settings", missing]), report)
+    assert report.code == check.UNKNOWN
+    report = check.Report("status")
+    assert check.apply_settings(check.arguments(["status", "--settings", missing]), report)
+    assert report.code == check.OK
+
+
+def test_settings_are_refused_when_out_of_range():
+    with pytest.raises(ValueError, match="fleet_checks_runs"):
+        hostfiles.checks_settings(**{**SETTINGS, "runs": 0})
+
+
+# --- broker.json ------------------------------------------------------------------------------
+
+AWKWARD = {"user": "app user", "password": "p@ss:w/rd%25 é"}
+
+
+class ManagementApi(http.server.BaseHTTPRequestHandler):
+    """Answers the management API paths brokerfleet-check asks, and records the requests."""
+
+    requests = []
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        self.requests.append((self.path, self.headers["Authorization"]))
+        body = [] if self.path.startswith("/api/queues/") else {"status": "ok"}
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *_):
+        pass
+
+
+def test_the_checker_reaches_rabbitmq_as_the_role_told_it(tmp_path, monkeypatch):
+    server = http.server.HTTPServer(("127.0.0.1", 0), ManagementApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    broker = {
+        "kind": "rabbitmq",
+        **AWKWARD,
+        "vhost": "/",
+        "management_address": "127.0.0.1",
+        "management_port": server.server_port,
+    }
+    config = hostfiles.broker_config([group("jobs")], broker)
+    monkeypatch.setattr(check, "BROKER_CONFIG", write(tmp_path, "broker.json", config))
+    try:
+        read, sample = check.read_broker(check.Report("broker"))
+    finally:
+        server.shutdown()
+    assert read == config
+    assert read["queues"] == [{"name": "jobs", "group": "jobs", "dead": "jobs.dead"}]
+    assert sample["queues"] == {}
+    credentials = f"{AWKWARD['user']}:{AWKWARD['password']}".encode()
+    login = "Basic " + base64.b64encode(credentials).decode()
+    paths = {path.split("?")[0] for path, auth in ManagementApi.requests if auth == login}
+    assert "/api/queues/%2F" in paths
+
+
+def test_the_checker_logs_in_to_activemq_as_the_role_told_it(tmp_path, monkeypatch):
+    listener = socket.create_server(("127.0.0.1", 0))
+    broker = {
+        "kind": "activemq",
+        **AWKWARD,
+        "stomp_host": "127.0.0.1",
+        "stomp_port": str(listener.getsockname()[1]),  # the inventory's broker_stomp_port
+    }
+    config = hostfiles.broker_config([group("jobs")], broker)
+    monkeypatch.setattr(check, "BROKER_CONFIG", write(tmp_path, "broker.json", config))
+    assert check.read_controller_file(check.BROKER_CONFIG, check.BROKER_FORMAT, None) == config
+    assert config["queues"][0]["dead"] == "ActiveMQ.DLQ.Queue.jobs"
+
+    frames = []
+
+    def broker_side():
+        connection, _ = listener.accept()
+        with connection:
+            frames.append(connection.recv(4096).decode())
+            connection.sendall(b"CONNECTED\nversion:1.2\n\n\x00")
+            frames.append(connection.recv(4096).decode())
+
+    thread = threading.Thread(target=broker_side)
+    thread.start()
+    with listener:
+        with open(check.BROKER_CONFIG) as written:
+            check.Stomp(json.load(written)).close()
+        thread.join(10)
+    assert f"\nlogin:{AWKWARD['user']}\n" in frames[0]
+    assert f"\npasscode:{AWKWARD['password']}\n" in frames[0]
+    assert frames[1].startswith("SUBSCRIBE\n")
+
+
+def test_an_unknown_kind_renders_no_broker_file():
+    with pytest.raises(ValueError, match="broker kind must be one of rabbitmq, activemq"):
+        hostfiles.broker_config([group("jobs")], {"kind": "kafka", **AWKWARD})
