@@ -44,6 +44,7 @@ class FilterModule:
             "fleet_worker_budget": _adapt(sizing.worker_budget),
             "fleet_plan": _adapt(sizing.fleet_plan),
             "fleet_manifest": _adapt(hostfiles.fleet_manifest),
+            "fleet_changes": _adapt(hostfiles.fleet_changes),
             "fleet_checks_settings": _adapt(hostfiles.checks_settings),
             "fleet_broker_config": _adapt(hostfiles.broker_config),
             "fleet_broker_packages": _adapt(brokers.packages),

@@ -1,6 +1,7 @@
 """Every file the controller writes for a program on the hosts, rendered here and only here.
 
-    /etc/brokerfleet/fleet.json        fleet_manifest   brokerfleet-check workers, status
+    /etc/brokerfleet/fleet.json        fleet_manifest   brokerfleet-check workers, status;
+                                                        the play's preview (fleet_changes)
     /etc/brokerfleet/checks.json       checks_settings  brokerfleet-check (its cron line is bare)
     /etc/brokerfleet/broker.json       broker_config    brokerfleet-check broker, status
     /etc/brokerfleet/workers/*.json    worker_specs     brokerfleet-exec, which starts workers
@@ -27,19 +28,59 @@ BROKER_FORMAT = 1
 WORKER_SPEC_FORMAT = 1
 
 
-def fleet_manifest(plan, cpus: int, budget: int) -> dict:
+def fleet_manifest(plan, cpus: int, budget: int, specs=None, program_settings=None) -> dict:
     """What the play rendered on a worker host: per group its supervisord ``programs`` (the
     first ``processes`` start by themselves, the rest are autoscale's spare slots) and what the
-    load guard and status need. No secrets: mode 0644."""
+    load guard and status need. No secrets: mode 0644.
+
+    ``revision`` changes whenever the group's program sections change (its spec file, user,
+    stopwaitsecs, or the role's ``program_settings`` such as startretries and logs), that is
+    whenever supervisord restarts its running programs: fleet_changes compares it."""
     keys = ("name", "programs", "processes", "min", "max", "importance", "job_seconds")
     groups = [
         {
             **{key: group[key] for key in keys},
             "queues": list(dict.fromkeys(group["poll_order"] + group["poll_when_idle"])),
+            "revision": _digest(
+                [
+                    (specs or {}).get(group["name"], {}).get("file"),
+                    group["user"],
+                    group["stopwaitsecs"],
+                    program_settings,
+                ]
+            )[:12],
         }
         for group in plan
     ]
     return {"format": FLEET_FORMAT, "cpus": cpus, "budget": budget, "groups": groups}
+
+
+def fleet_changes(before, after) -> list[dict]:
+    """What switching a host from manifest ``before`` (None or another format: nothing ran) to
+    ``after`` does to its workers, per group in ``after``'s order then the removed ones:
+    {group, processes (before, after), start, stop, restart}, each a list of programs, for
+    the groups where something happens. A program restarts when it runs before and after and
+    its group's revision changed; autoscale's and the load guard's own moves are not counted."""
+    old = {}
+    if isinstance(before, dict) and before.get("format") == FLEET_FORMAT:
+        old = {group["name"]: group for group in before["groups"]}
+    new = {group["name"]: group for group in after["groups"]}
+    changes = []
+    for name in list(new) + [name for name in old if name not in new]:
+        was, will = old.get(name), new.get(name)
+        running = was["programs"][: was["processes"]] if was else []
+        wanted = will["programs"][: will["processes"]] if will else []
+        revised = bool(was and will and was.get("revision") != will["revision"])
+        change = {
+            "group": name,
+            "processes": [len(running), len(wanted)],
+            "start": [p for p in wanted if p not in running],
+            "stop": [p for p in running if p not in wanted],
+            "restart": [p for p in wanted if p in running] if revised else [],
+        }
+        if change["start"] or change["stop"] or change["restart"]:
+            changes.append(change)
+    return changes
 
 
 def checks_settings(
@@ -107,8 +148,12 @@ def worker_spec(group: dict, broker: dict, allow_root: bool = False) -> dict:
 def worker_spec_digest(spec: dict) -> str:
     """A short digest of a worker spec: part of its file name, so a changed spec is a new file
     and the running workers keep theirs until supervisord switches them over."""
-    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return _digest(spec)[:16]
+
+
+def _digest(data) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def worker_specs(plan, broker: dict, allow_root: bool = False) -> dict:

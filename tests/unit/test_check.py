@@ -475,3 +475,11 @@ def test_statistics_frames_are_read_one_at_a_time_and_their_maps_decoded():
 def test_an_unknown_broker_kind_in_the_check_configuration_is_an_error():
     with pytest.raises(ValueError, match="unknown broker kind 'kafka'"):
         check.broker_sample({"kind": "kafka"})
+
+
+def test_an_unknown_load_is_said_not_left_out():
+    report = check.Report("status")
+    report.data["load_per_cpu"] = None
+    assert "  load per CPU unknown" in report.text().splitlines()
+    report.data["load_per_cpu"] = 0.456
+    assert "  load per CPU 0.46" in report.text().splitlines()

@@ -6,6 +6,7 @@ brokerfleet-exec: tests/unit/test_worker_spec.py)."""
 import base64
 import http.server
 import json
+import re
 import socket
 import threading
 
@@ -39,7 +40,9 @@ def test_both_sides_agree_on_every_format():
 
 def test_the_manifest_holds_what_the_checks_need_and_no_secrets():
     plan = sizing.fleet_plan([group("jobs", priority_levels={"high": 1, "low": 0})], 2)
-    assert hostfiles.fleet_manifest(plan, 1, 2) == {
+    manifest = hostfiles.fleet_manifest(plan, 1, 2)
+    assert re.fullmatch("[0-9a-f]{12}", manifest["groups"][0].pop("revision"))
+    assert manifest == {
         "format": hostfiles.FLEET_FORMAT,
         "cpus": 1,
         "budget": 2,
@@ -218,3 +221,70 @@ def test_the_checker_logs_in_to_activemq_as_the_role_told_it(tmp_path, monkeypat
 def test_an_unknown_kind_renders_no_broker_file():
     with pytest.raises(ValueError, match="broker kind must be one of rabbitmq, activemq"):
         hostfiles.broker_config([group("jobs")], {"kind": "kafka", **AWKWARD})
+
+
+# --- what a re-run does: fleet_changes over two manifests --------------------------------------
+
+
+def manifest(groups, budget, specs=None, **settings):
+    plan = sizing.fleet_plan(groups, budget)
+    return hostfiles.fleet_manifest(plan, budget, budget, specs, settings or None)
+
+
+def test_a_scale_change_starts_and_stops_programs_and_restarts_none():
+    groups = [group("imports", weight=3), group("thumbnails")]
+    small, large = manifest(groups, 4), manifest(groups, 8)
+    assert hostfiles.fleet_changes(small, large) == [
+        {
+            "group": "imports",
+            "processes": [3, 6],
+            "start": ["imports-03", "imports-04", "imports-05"],
+            "stop": [],
+            "restart": [],
+        },
+        {
+            "group": "thumbnails",
+            "processes": [1, 2],
+            "start": ["thumbnails-01"],
+            "stop": [],
+            "restart": [],
+        },
+    ]
+    [shrink, _] = hostfiles.fleet_changes(large, small)
+    assert shrink["stop"] == ["imports-03", "imports-04", "imports-05"]
+    assert hostfiles.fleet_changes(large, large) == []
+
+
+def test_a_new_spec_or_program_setting_restarts_what_keeps_running():
+    groups = [group("imports"), group("thumbnails")]
+    before = manifest(groups, 4, {"imports": {"file": "imports.aaaa.json"}})
+    after = manifest(groups, 4, {"imports": {"file": "imports.bbbb.json"}})
+    assert hostfiles.fleet_changes(before, after) == [
+        {
+            "group": "imports",
+            "processes": [2, 2],
+            "start": [],
+            "stop": [],
+            "restart": ["imports-00", "imports-01"],
+        }
+    ]
+    retried = manifest(groups, 4, {"imports": {"file": "imports.aaaa.json"}}, startretries=3)
+    assert {c["group"] for c in hostfiles.fleet_changes(before, retried)} == {
+        "imports",
+        "thumbnails",
+    }
+
+
+def test_on_a_first_run_or_over_another_format_everything_starts():
+    after = manifest([group("imports")], 2)
+    for before in (None, {"format": 0, "groups": []}):
+        [change] = hostfiles.fleet_changes(before, after)
+        assert change["start"] == ["imports-00", "imports-01"]
+    [gone] = hostfiles.fleet_changes(after, manifest([group("other")], 1))[1:]
+    assert gone == {
+        "group": "imports",
+        "processes": [2, 0],
+        "start": [],
+        "stop": ["imports-00", "imports-01"],
+        "restart": [],
+    }

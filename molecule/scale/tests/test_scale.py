@@ -35,6 +35,12 @@ def previewed(output):
     return added, removed
 
 
+def summarised(output, verb):
+    """The programs the summary play says the run ``verb`` ("would start", "started", ...)."""
+    lines = re.findall(rf"^\s*{verb}: ([\w, -]+)$", output, re.MULTILINE)
+    return {name for line in lines for name in line.split(", ")}
+
+
 def counts(worker, groups):
     processes = running(worker)
     return {g["name"]: len(of_group(processes, g["name"])) for g in groups}
@@ -57,6 +63,9 @@ def test_rerun_scales_groups_without_restarting_or_losing_anything(broker, worke
     assert running(worker) == before
     added, removed = previewed(preview)
     assert added and not removed, preview
+    # ... and the summary names them: what would start, and that nothing would restart.
+    assert summarised(preview, "would start") == added, preview
+    assert not summarised(preview, "would restart") | summarised(preview, "would stop")
     # The summary play prints the plan per host and group.
     for name, count in expected(group_vars, 8).items():
         assert f"{name}: {count}, prefetch" in preview, preview
@@ -64,8 +73,9 @@ def test_rerun_scales_groups_without_restarting_or_losing_anything(broker, worke
     # A backlog the 6 imports workers are draining while the fleet grows.
     publish(worker, "imports", 200, JOB_SECONDS, first_id=1)
     started = time.monotonic()
-    converge(fleet_cpus=8)
+    output = converge(fleet_cpus=8)
     scale_up_seconds = time.monotonic() - started
+    assert summarised(output, "started") == added, output
 
     grown = expected(group_vars, 8)
     assert wait_until(lambda: counts(worker, groups) == grown, 60), counts(worker, groups)

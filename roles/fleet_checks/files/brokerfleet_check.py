@@ -832,8 +832,10 @@ class Report:
                     f"  {name:<28} {queue['ready']:>7} {queue['unacked']:>7} "
                     f"{queue['consumers']:>9} {rates[0]:>7} {rates[1]:>7}  {drain}"
                 )
-        if self.data.get("load_per_cpu") is not None:
-            lines.append(f"  load per CPU {self.data['load_per_cpu']:.2f}")
+        if "load_per_cpu" in self.data:
+            load = self.data["load_per_cpu"]
+            # Unknown: the load source of the settings (a drill's) holds no number.
+            lines.append("  load per CPU " + ("unknown" if load is None else f"{load:.2f}"))
         for name, group in self.data["groups"].items():
             notes = [f"{group['shed']} shed"] if group["shed"] else []
             if group["moved"]:
