@@ -1,7 +1,14 @@
 """The reference worker's own logic (roles/worker_fleet/files/brokerfleet_worker.py): what a
-job is, and the order in which it takes deliveries from its queues."""
+job is, the order in which it takes deliveries from its queues, and how it gets over a lost
+broker connection."""
 
 import collections
+import os
+import random
+import re
+import signal
+import threading
+import time
 
 import pytest
 from hypothesis import given
@@ -79,3 +86,211 @@ def test_while_every_level_has_work_each_gets_its_weight_in_turns(weights):
 def test_an_unknown_broker_kind_stops_the_worker():
     with pytest.raises(SystemExit, match="BROKER_KIND must be rabbitmq or activemq"):
         worker.connect({"BROKER_KIND": "kafka"})
+
+
+@pytest.mark.parametrize(
+    ("first", "cap", "ceilings"),
+    [(1, 30, [1, 2, 4, 8, 16, 30, 30, 30]), (0.5, 3, [0.5, 1, 2, 3, 3])],
+)
+def test_the_backoff_doubles_up_to_its_cap(first, cap, ceilings):
+    delays = worker.backoff_delays(first, cap, rand=lambda: 1.0)
+    assert [next(delays) for _ in ceilings] == ceilings
+
+
+@given(
+    st.floats(0.01, 10),
+    st.floats(10, 100),
+    st.lists(st.floats(0, 1, exclude_max=True), min_size=1, max_size=30),
+)
+def test_the_jitter_stays_between_nothing_and_the_capped_delay(first, cap, randoms):
+    delays = worker.backoff_delays(first, cap, rand=iter(randoms).__next__)
+    for attempt, rand in enumerate(randoms):
+        ceiling = min(cap, first * 2**attempt)
+        delay = next(delays)
+        assert 0 <= delay <= ceiling
+        assert delay == pytest.approx(rand * ceiling)
+
+
+def test_only_the_errors_that_mean_a_lost_connection_become_connection_lost():
+    with pytest.raises(worker.ConnectionLost) as lost, worker.connection_lost_on((OSError,)):
+        raise ConnectionResetError(104, "Connection reset by peer")
+    assert isinstance(lost.value.__cause__, ConnectionResetError)
+    with pytest.raises(KeyError), worker.connection_lost_on((OSError,)):
+        raise KeyError("a bug stays a bug")
+
+
+class FakeBroker:
+    """A broker connection for the consume loop: `bodies` arrive on the queue when it
+    subscribes; the call named by `lose_on` ("wait" or "ack") loses the connection."""
+
+    def __init__(self, name, bodies, lose_on=None):
+        self.name, self.bodies, self.lose_on = name, bodies, lose_on
+        self.waiting = collections.defaultdict(collections.deque)
+        self.subscriptions, self.acked, self.closed = [], [], False
+        self.when_idle = self.never_idle
+
+    def never_idle(self):
+        raise AssertionError(f"{self.name}: idle on a connection that should be lost by now")
+
+    def subscribe(self, queues, prefetch):
+        self.subscriptions.append((queues, prefetch))
+        for n, body in enumerate(self.bodies):
+            self.waiting[queues[0]].append(worker.Delivery(queues[0], body, (self.name, n)))
+
+    def wait(self, seconds):
+        if self.lose_on == "wait":
+            raise worker.ConnectionLost("connection reset")
+        self.when_idle()
+
+    def settle(self, queue, seconds):
+        pass
+
+    def work(self, seconds):
+        pass
+
+    def ack(self, delivery):
+        if self.lose_on == "ack":
+            raise worker.ConnectionLost("connection reset")
+        assert delivery.token[0] == self.name, "acked a token of another connection"
+        self.acked.append(delivery.token)
+
+    def reject(self, delivery):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+def job(job_id):
+    return f'{{"id": {job_id}, "seconds": 0}}'.encode()
+
+
+def connections(*outcomes):
+    """A connect() that returns (or raises) the next outcome at each call."""
+    outcomes = iter(outcomes)
+
+    def connect():
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    return connect
+
+
+def run(connect, last, rand=None):
+    """Run the consume loop until `last` (the final connection) has nothing left to do, and
+    return what it slept."""
+    stopping, slept = [], []
+    last.when_idle = lambda: stopping.append(True)
+    queues = ["jobs.high", "jobs.low"]
+    poller = worker.Poller(queues, [])
+    worker.consume_jobs(
+        connect, queues, 3, poller, stopping, sleep=slept.append, rand=rand or random.random
+    )
+    return slept
+
+
+def done_ids(done_dir):
+    return [int(line.split()[0]) for line in (done_dir / "jobs.high.log").read_text().splitlines()]
+
+
+@pytest.fixture
+def done_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(worker, "DONE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_a_job_whose_ack_is_lost_is_done_again_on_a_new_connection(done_dir, capsys):
+    # Jobs 1 and 2 wait in the first connection; the broker redelivers both to the second.
+    first = FakeBroker("first", [job(1), job(2)], lose_on="ack")
+    second = FakeBroker("second", [job(1), job(2), job(3)])
+    slept = run(connections(first, second), last=second, rand=lambda: 0.5)
+
+    log = capsys.readouterr().out
+    assert "job 1 done but its ack was lost: the broker will redeliver it" in log
+    assert done_ids(done_dir) == [1, 1, 2, 3]  # job 2 of the dead connection is never started
+    assert first.acked == [] and first.closed
+    assert second.acked == [("second", 0), ("second", 1), ("second", 2)]
+    assert second.subscriptions == first.subscriptions == [(["jobs.high", "jobs.low"], 3)]
+    assert slept == [0.25, 0.25]  # half the first delay (1 s), in steps of a quarter second
+
+
+def test_a_connection_lost_while_idle_or_refused_is_opened_again(done_dir, capsys):
+    idle = FakeBroker("idle", [], lose_on="wait")
+    last = FakeBroker("last", [job(7)])
+    refused = worker.ConnectionLost("connection refused")
+    run(connections(refused, refused, idle, refused, last), last)
+
+    assert last.subscriptions == idle.subscriptions == [(["jobs.high", "jobs.low"], 3)]
+    assert last.acked == [("last", 0)] and done_ids(done_dir) == [7]
+    assert idle.closed
+    log = capsys.readouterr().out
+    assert log.count("no broker connection") == 4
+    assert log.count("consuming jobs.high, jobs.low with prefetch 3") == 2
+
+
+def test_the_backoff_starts_short_again_once_connected(done_dir, capsys):
+    refused = worker.ConnectionLost("connection refused")
+    idle = FakeBroker("idle", [], lose_on="wait")
+    last = FakeBroker("last", [])
+    run(connections(refused, refused, refused, idle, last), last, rand=lambda: 1.0)
+
+    # With rand() = 1 every delay is its ceiling.
+    waits = re.findall(r"connecting again in (\S+) s", capsys.readouterr().out)
+    assert waits == ["1.0", "2.0", "4.0", "1.0"]
+
+
+def test_sigterm_during_the_backoff_ends_the_loop():
+    stopping = []
+    slept = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        stopping.append(True)  # SIGTERM arrives during the first step of the wait
+
+    attempts = []
+
+    def connect():
+        attempts.append(1)
+        raise worker.ConnectionLost("connection refused")
+
+    worker.consume_jobs(
+        connect, ["jobs"], 1, worker.Poller(["jobs"], []), stopping, sleep=sleep, rand=lambda: 1.0
+    )
+    assert len(attempts) == 1
+    assert slept == [0.25]
+
+
+def test_a_real_sigterm_cuts_a_long_pause_short():
+    stopping = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM))
+    try:
+        started = time.monotonic()
+        timer.start()
+        worker.pause(30, stopping)
+        assert stopping and time.monotonic() - started < 1
+    finally:
+        timer.cancel()
+        timer.join()  # no SIGTERM may come once the default handler is back
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_stomp_disconnection_is_noticed_by_the_main_thread_not_the_end_of_the_process():
+    # The receiver-thread side of StompBroker, without stomp.py (not installed here).
+    broker = object.__new__(worker.StompBroker)
+    broker.arrived = threading.Condition()
+    broker.waiting = collections.defaultdict(collections.deque)
+    broker.closing = broker.disconnected = False
+    receiver = threading.Timer(0.1, broker.on_disconnected)
+    receiver.start()
+    started = time.monotonic()
+    with pytest.raises(worker.ConnectionLost):
+        broker.wait(5)
+    assert time.monotonic() - started < 1  # woken by the disconnection, not the timeout
+    receiver.join()
+    with pytest.raises(worker.ConnectionLost):
+        broker.settle("jobs", 5)
+    with pytest.raises(worker.ConnectionLost):
+        broker.ack(worker.Delivery("jobs", b"{}", ("ID:1", "0")))

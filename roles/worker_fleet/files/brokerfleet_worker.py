@@ -21,6 +21,11 @@ cycle of queue names; a queue with nothing waiting is skipped), then FLEET_POLL_
 current job before it exits; it exits after WORKER_RECYCLE_AFTER jobs so supervisord starts
 it fresh. Either way the messages it holds but has not started go back to their queues.
 
+A lost broker connection, or none at start, does not end the worker: it logs a line, waits
+(1 s doubling up to 30 s, jittered), connects again and resubscribes, for as long as it takes.
+The broker requeues the messages the old connection held; a job done whose ack was lost with
+the connection runs again (at-least-once).
+
 Environment: BROKER_KIND (rabbitmq: AMQP through BROKER_URL, python3-pika; activemq: STOMP
 through BROKER_STOMP_URL, python3-stomp), BROKER_QUEUE, BROKER_PREFETCH, FLEET_POLL_ORDER,
 FLEET_POLL_WHEN_IDLE, WORKER_RECYCLE_AFTER, BROKERFLEET_DONE_DIR (default
@@ -30,8 +35,10 @@ FLEET_POLL_WHEN_IDLE, WORKER_RECYCLE_AFTER, BROKERFLEET_DONE_DIR (default
 import argparse
 import collections
 import configparser
+import contextlib
 import json
 import os
+import random
 import signal
 import sys
 import threading
@@ -45,6 +52,20 @@ SETTLE_SECONDS = 0.05
 
 # A delivery waiting in the worker: the queue it came from, its body, and what acks it.
 Delivery = collections.namedtuple("Delivery", "queue body token")
+
+
+class ConnectionLost(Exception):
+    """The broker connection is gone, or could not be opened: the worker connects again."""
+
+
+@contextlib.contextmanager
+def connection_lost_on(errors):
+    """Report the broker library's `errors` (those that mean the connection is gone) as
+    ConnectionLost, so the consume loop needs to know neither library."""
+    try:
+        yield
+    except errors as error:
+        raise ConnectionLost(repr(error)) from error
 
 
 def log(message):
@@ -82,16 +103,27 @@ class AmqpBroker:
         import pika
 
         self.pika = pika
-        self.connection = pika.BlockingConnection(pika.URLParameters(url))
-        self.channel = self.connection.channel()
+        # How pika reports a connection that is gone (or refused), and a channel the broker
+        # closed (a consumer timeout, say): this worker's one channel gone, a new connection is
+        # the way back. A host name that does not resolve comes through as a plain OSError.
+        self.lost_errors = (
+            pika.exceptions.AMQPConnectionError,
+            pika.exceptions.ChannelClosedByBroker,
+            pika.exceptions.ChannelWrongStateError,
+            OSError,
+        )
+        with connection_lost_on(self.lost_errors):
+            self.connection = pika.BlockingConnection(pika.URLParameters(url))
+            self.channel = self.connection.channel()
         self.waiting = collections.defaultdict(collections.deque)
         self.confirming = False
 
     def subscribe(self, queues, prefetch):
         # Per-consumer QoS (global_qos false): every queue's consumer holds `prefetch` at most.
-        self.channel.basic_qos(prefetch_count=prefetch)
-        for queue in queues:
-            self.channel.basic_consume(queue, self._deliver(queue))
+        with connection_lost_on(self.lost_errors):
+            self.channel.basic_qos(prefetch_count=prefetch)
+            for queue in queues:
+                self.channel.basic_consume(queue, self._deliver(queue))
 
     def _deliver(self, queue):
         def on_message(_channel, method, _properties, body):
@@ -101,22 +133,35 @@ class AmqpBroker:
 
     def wait(self, seconds):
         """Wait up to `seconds` for deliveries (sooner if one arrives)."""
-        self.connection.process_data_events(time_limit=seconds)
+        with connection_lost_on(self.lost_errors):
+            self.connection.process_data_events(time_limit=seconds)
+        if self.channel.is_closed:
+            # pika raises nothing here when the broker closes just the channel, and an idle
+            # worker would wait for deliveries that can no longer come.
+            raise ConnectionLost("the broker closed the channel")
 
     def settle(self, queue, seconds):
         """Give the broker a moment to replace the message just acked on `queue`."""
         if not self.waiting[queue]:
-            self.connection.process_data_events(time_limit=seconds)
+            with connection_lost_on(self.lost_errors):
+                self.connection.process_data_events(time_limit=seconds)
 
     def work(self, seconds):
-        # Keeps heartbeats flowing (and deliveries arriving) during a long job.
-        self.connection.sleep(seconds)
+        end = time.monotonic() + seconds
+        try:
+            # Keeps heartbeats flowing (and deliveries arriving) during a long job.
+            self.connection.sleep(seconds)
+        except self.lost_errors:
+            # The job itself does not need the broker: it runs to its end, and its ack fails.
+            time.sleep(max(0.0, end - time.monotonic()))
 
     def ack(self, delivery):
-        self.channel.basic_ack(delivery.token)
+        with connection_lost_on(self.lost_errors):
+            self.channel.basic_ack(delivery.token)
 
     def reject(self, delivery):
-        self.channel.basic_reject(delivery.token, requeue=False)
+        with connection_lost_on(self.lost_errors):
+            self.channel.basic_reject(delivery.token, requeue=False)
 
     def publish(self, queue, bodies):
         """Publish persistently and wait until the broker has taken each message."""
@@ -128,8 +173,11 @@ class AmqpBroker:
             self.channel.basic_publish("", queue, body, persistent, mandatory=True)
 
     def close(self):
-        # Closing requeues the messages delivered to this worker but not acked.
-        self.connection.close()
+        # Closing requeues the messages delivered to this worker but not acked; a connection
+        # that is gone has had them requeued already.
+        with contextlib.suppress(*self.lost_errors):
+            if self.connection.is_open:
+                self.connection.close()
 
 
 class StompBroker:
@@ -138,6 +186,13 @@ class StompBroker:
     def __init__(self, url):
         import stomp
 
+        # How stomp.py reports a connection that is gone or refused; a socket that breaks
+        # under a send raises its own OSError.
+        self.lost_errors = (
+            stomp.exception.ConnectFailedException,
+            stomp.exception.NotConnectedException,
+            OSError,
+        )
         parts = urlsplit(url)
         self.prefetch = parse_qs(parts.query).get("activemq.prefetchSize", ["1"])[0]
         self.connection = stomp.Connection(
@@ -147,10 +202,12 @@ class StompBroker:
         self.waiting = collections.defaultdict(collections.deque)
         self.receipts = set()
         self.closing = False
+        self.disconnected = False
         self.connection.set_listener("worker", self)
-        self.connection.connect(
-            unquote(parts.username or ""), unquote(parts.password or ""), wait=True
-        )
+        with connection_lost_on(self.lost_errors):
+            self.connection.connect(
+                unquote(parts.username or ""), unquote(parts.password or ""), wait=True
+            )
 
     # stomp.py calls these from its receiver thread.
     def on_message(self, frame):
@@ -171,39 +228,52 @@ class StompBroker:
     def on_disconnected(self):
         if self.closing:
             return
-        # Nothing is lost (unacked messages go back to their queues); supervisord restarts us.
-        log("disconnected from the broker, exiting")
-        os._exit(1)
+        # The main thread notices in wait, settle or ack, and connects again. Nothing is lost:
+        # the broker requeues the messages this connection held.
+        with self.arrived:
+            self.disconnected = True
+            self.arrived.notify_all()
+
+    def _check_connected(self):
+        if self.disconnected:
+            raise ConnectionLost("disconnected from the broker")
 
     def subscribe(self, queues, prefetch):
         # ActiveMQ takes a prefetch of exactly 1000 for "unset" and applies its policy instead.
         prefetch = 999 if prefetch == 1000 else prefetch
-        for index, queue in enumerate(queues):
-            self.connection.subscribe(
-                f"/queue/{queue}",
-                id=str(index),
-                ack="client-individual",
-                headers={"activemq.prefetchSize": str(prefetch)},
-            )
+        with connection_lost_on(self.lost_errors):
+            for index, queue in enumerate(queues):
+                self.connection.subscribe(
+                    f"/queue/{queue}",
+                    id=str(index),
+                    ack="client-individual",
+                    headers={"activemq.prefetchSize": str(prefetch)},
+                )
 
     def wait(self, seconds):
         with self.arrived:
-            if not any(self.waiting.values()):
+            if not self.disconnected and not any(self.waiting.values()):
                 self.arrived.wait(seconds)
+        self._check_connected()
 
     def settle(self, queue, seconds):
         with self.arrived:
-            self.arrived.wait_for(lambda: self.waiting[queue], seconds)
+            self.arrived.wait_for(lambda: self.waiting[queue] or self.disconnected, seconds)
+        self._check_connected()
 
     def work(self, seconds):
         time.sleep(seconds)
 
     def ack(self, delivery):
-        self.connection.ack(*delivery.token)
+        self._check_connected()
+        with connection_lost_on(self.lost_errors):
+            self.connection.ack(*delivery.token)
 
     def reject(self, delivery):
+        self._check_connected()
         # ActiveMQ treats a NACK as a poison ack: the message goes to the dead-letter queue.
-        self.connection.nack(*delivery.token)
+        with connection_lost_on(self.lost_errors):
+            self.connection.nack(*delivery.token)
 
     def publish(self, queue, bodies):
         """Publish persistently; the receipt of the last frame confirms every earlier one,
@@ -228,7 +298,10 @@ class StompBroker:
 
     def close(self):
         self.closing = True
-        self.connection.disconnect()
+        # stomp.py sends no DISCONNECT on a connection that is gone; one that breaks under it
+        # is gone as well.
+        with contextlib.suppress(*self.lost_errors):
+            self.connection.disconnect()
 
 
 def connect(environment):
@@ -264,6 +337,98 @@ class Poller:
         return None
 
 
+def backoff_delays(first=1.0, cap=30.0, rand=random.random):
+    """Seconds to wait before each new attempt to connect: `first` doubling up to `cap`, with
+    full jitter (a random part of it). The workers of a fleet lose their broker at the same
+    moment; full jitter spreads their attempts over the whole interval, where equal jitter
+    (half fixed, half random) would spread them over half of it. An attempt that comes early
+    costs little: a refused connection."""
+    ceiling = first
+    while True:
+        yield ceiling * rand()
+        ceiling = min(cap, ceiling * 2)
+
+
+def pause(seconds, stopping, sleep=time.sleep):
+    """Sleep `seconds`, or less if SIGTERM comes. The handler only sets `stopping` and
+    time.sleep resumes after a signal (PEP 475), so sleep in short steps and look."""
+    while seconds > 0 and not stopping:
+        step = min(seconds, 0.25)
+        sleep(step)
+        seconds -= step
+
+
+def take_job(broker, poller):
+    """Work and ack the next job waiting, or wait up to a second for one. True if a job was
+    done."""
+    delivery = poller.next(broker.waiting)
+    if delivery is None:
+        broker.wait(1)  # idle: a chance to notice SIGTERM every second
+        return False
+    job = parse_job(delivery.body)
+    if job is None:
+        log(f"rejecting a message that is not a job: {delivery.body[:80]!r}")
+        broker.reject(delivery)
+        return False
+    job_id, seconds = job
+    started = time.time()
+    broker.work(seconds)
+    record_done(delivery.queue, job_id, started)
+    try:
+        broker.ack(delivery)
+    except ConnectionLost:
+        log(f"job {job_id} done but its ack was lost: the broker will redeliver it")
+        raise
+    # The ack lets the broker send that queue's next message; without this pause a level
+    # whose next job is still on the wire would lose its turn to a lower one.
+    broker.settle(delivery.queue, SETTLE_SECONDS)
+    return True
+
+
+def consume_jobs(
+    connect,
+    queues,
+    prefetch,
+    poller,
+    stopping,
+    recycle_after=0,
+    sleep=time.sleep,
+    rand=random.random,
+):
+    """Work jobs from `queues` until SIGTERM (`stopping`) or `recycle_after` jobs.
+
+    `connect()` opens a broker connection. When it fails, or the connection is lost later, the
+    loop waits (backoff_delays), connects again and resubscribes, and never gives up by
+    itself. Each connection is a new broker object: the deliveries the old one held, which
+    the broker requeues, are dropped with it, so no token of a dead connection is acked.
+    """
+    broker, delays, done = None, backoff_delays(rand=rand), 0
+    while not stopping:
+        try:
+            if broker is None:
+                broker = connect()
+                broker.subscribe(queues, prefetch)
+                # Connected: the next loss starts again from a short wait.
+                delays = backoff_delays(rand=rand)
+                log(f"consuming {', '.join(queues)} with prefetch {prefetch}")
+            if take_job(broker, poller):
+                done += 1
+                if recycle_after and done >= recycle_after:
+                    log(f"recycling after {done} jobs")
+                    break
+        except ConnectionLost as lost:
+            if broker is not None:
+                broker.close()
+                broker = None
+            delay = next(delays)
+            log(f"no broker connection ({lost}): connecting again in {delay:.1f} s")
+            pause(delay, stopping, sleep)
+    if stopping:
+        log("SIGTERM: finished the current job, exiting")
+    if broker is not None:
+        broker.close()
+
+
 def consume():
     order = split(os.environ.get("FLEET_POLL_ORDER")) or [os.environ["BROKER_QUEUE"]]
     when_idle = split(os.environ.get("FLEET_POLL_WHEN_IDLE"))
@@ -272,37 +437,8 @@ def consume():
     recycle_after = int(os.environ.get("WORKER_RECYCLE_AFTER") or 0)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-
-    broker = connect(os.environ)
-    broker.subscribe(queues, prefetch)
     poller = Poller(order, when_idle)
-    log(f"consuming {', '.join(queues)} with prefetch {prefetch}")
-    done = 0
-    while not stopping:
-        delivery = poller.next(broker.waiting)
-        if delivery is None:
-            broker.wait(1)  # idle: a chance to notice SIGTERM every second
-            continue
-        job = parse_job(delivery.body)
-        if job is None:
-            log(f"rejecting a message that is not a job: {delivery.body[:80]!r}")
-            broker.reject(delivery)
-            continue
-        job_id, seconds = job
-        started = time.time()
-        broker.work(seconds)
-        record_done(delivery.queue, job_id, started)
-        broker.ack(delivery)
-        # The ack lets the broker send that queue's next message; without this pause a level
-        # whose next job is still on the wire would lose its turn to a lower one.
-        broker.settle(delivery.queue, SETTLE_SECONDS)
-        done += 1
-        if recycle_after and done >= recycle_after:
-            log(f"recycling after {done} jobs")
-            break
-    if stopping:
-        log("SIGTERM: finished the current job, exiting")
-    broker.close()
+    consume_jobs(lambda: connect(os.environ), queues, prefetch, poller, stopping, recycle_after)
 
 
 def group_environment(group):
