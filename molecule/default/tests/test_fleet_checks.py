@@ -1,7 +1,9 @@
 """Drills for brokerfleet-check, run by cron every minute on both hosts: dead workers, a
 stopped group and a stopped supervisord come back within a cron period; under load the least
-important group shrinks, and grows back when the load falls; a disk alarm and a queue left
-without consumers are reported; the status report shows queues, rates and workers."""
+important group shrinks, and grows back when the load falls (runs by hand, with cron's
+settings and cron held off: cron running the check is drilled already); a disk alarm and a
+queue left without consumers are reported; the status report shows queues, rates and
+workers."""
 
 import json
 import shlex
@@ -30,6 +32,22 @@ def complete(worker):
 
 def check_log(host):
     return host.run("cat /var/log/brokerfleet/check.log").stdout
+
+
+def hold_off_cron(worker, seconds):
+    """Hold the workers check's lock for ``seconds``: cron's runs (flock -n) skip meanwhile,
+    so a drill's runs by hand are the only ones."""
+    worker.check_output(
+        f"setsid flock /run/brokerfleet-check-workers.lock sleep {seconds}"
+        " </dev/null >/dev/null 2>&1 &"
+    )
+    time.sleep(2)  # until flock holds it (after any run in progress)
+
+
+def run_workers_check(worker):
+    """One run of the workers check by hand: the same settings as cron's (checks.json), the
+    drill files included; cron running it is drilled above."""
+    worker.run("brokerfleet-check workers")
 
 
 def test_the_checks_run_from_cron_on_both_hosts_and_report_ok(broker, worker):
@@ -68,11 +86,14 @@ def test_a_stopped_supervisord_is_started_within_a_cron_period(worker):
 
 def test_load_guard_sheds_the_least_important_group_then_gives_it_back(worker):
     important = {**of_group(running(worker), "imports"), **of_group(running(worker), "reports")}
+    hold_off_cron(worker, 40)
     worker.check_output(f"echo 0.95 > {DRILL_LOAD}")
     try:
-        assert wait_until(lambda: not of_group(running(worker), "thumbnails"), CRON_PERIOD + 15)
+        run_workers_check(worker)
+        assert wait_until(lambda: not of_group(running(worker), "thumbnails"), 15)
         worker.check_output(f"echo 0.2 > {DRILL_LOAD}")
-        assert wait_until(lambda: of_group(running(worker), "thumbnails"), CRON_PERIOD + 15)
+        run_workers_check(worker)
+        assert wait_until(lambda: of_group(running(worker), "thumbnails"), 15)
     finally:
         worker.run(f"rm -f {DRILL_LOAD}")
     # The more important groups were never touched: same processes, same PIDs.
@@ -92,12 +113,19 @@ def drill_backlog(worker, **jobs):
 
 def test_autoscale_moves_workers_to_a_long_backlog_then_gives_them_back(worker):
     # 1000 imports x 2 s / 3 workers: 11 minutes, beyond the 60 s horizon (molecule.yml).
+    hold_off_cron(worker, 60)
     drill_backlog(worker, imports=1000)
     try:
-        assert wait_until(lambda: len(of_group(running(worker), "imports")) > 3, CRON_PERIOD + 15)
+        run_workers_check(worker)
+        assert wait_until(lambda: len(of_group(running(worker), "imports")) > 3, 15)
         assert not of_group(running(worker), "thumbnails")  # the least important idle group
         drill_backlog(worker)  # every queue idle
-        assert wait_until(lambda: complete(worker), 3 * CRON_PERIOD + 15)
+        for _ in range(3):  # one worker back a run, at most as many as moved
+            if complete(worker):
+                break
+            run_workers_check(worker)
+            wait_until(lambda: complete(worker), 5)
+        assert wait_until(lambda: complete(worker), 15)
     finally:
         worker.run(f"rm -f {DRILL_BACKLOG}")
     log = check_log(worker)
@@ -120,11 +148,8 @@ def test_a_disk_alarm_is_reported_with_exit_code_and_json(broker):
 
 
 def test_a_backlog_without_consumers_is_critical(broker, worker):
-    # Holding the workers check's lock keeps cron from restarting the stopped group meanwhile.
-    worker.check_output(
-        "setsid flock /run/brokerfleet-check-workers.lock sleep 30 </dev/null >/dev/null 2>&1 &"
-    )
-    time.sleep(2)  # until flock holds it (after any run in progress)
+    # Cron would restart the stopped group meanwhile.
+    hold_off_cron(worker, 30)
     worker.check_output("supervisorctl stop thumbnails-00")
     try:
         publish(worker, "thumbnails", 5, 0.1, first_id=90001)
