@@ -40,6 +40,7 @@ class FilterModule:
             "activemq_jmx_password": _adapt(access.jmx_password),
             "fleet_group_errors": _adapt(inputs.group_errors),
             "fleet_input_errors": _adapt(inputs.input_errors),
+            "fleet_topology_errors": _adapt(inputs.topology_errors),
             "fleet_host_cpus": _adapt(sizing.host_cpus),
             "fleet_worker_budget": _adapt(sizing.worker_budget),
             "fleet_plan": _adapt(sizing.fleet_plan),

@@ -88,6 +88,8 @@ HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 # supervisord's byte sizes: a number, optionally KB, MB or GB.
 SUPERVISOR_BYTES = re.compile(r"[0-9]+(KB|MB|GB)?")
 BROKER_KINDS = brokers.BROKER_KINDS
+# RabbitMQ queue types for the worker groups' queues (broker_queue_type).
+QUEUE_TYPES = ("classic", "quorum")
 # What a numeric string looks like (as -e gives it); no blanks, no "nan", no "inf".
 # Templates render some of them as given, hence no "+" and no leading zeros either.
 INTEGER_TEXT = re.compile(r"-?(0|[1-9][0-9]*)")
@@ -334,6 +336,12 @@ def _broker_kind(name, value):
     return [f"{name} must be one of {', '.join(BROKER_KINDS)}, got {value!r}"]
 
 
+def _queue_type(name, value):
+    if value in QUEUE_TYPES:
+        return []
+    return [f"{name} must be one of {', '.join(QUEUE_TYPES)}, got {value!r}"]
+
+
 def _flag(name, value):
     try:
         flag(name, value)
@@ -369,6 +377,7 @@ def _config_mapping(name, value):
 # Every variable input_errors knows, by its check (numbers are in NUMBERS).
 TEXT_CHECKS = {
     "broker_kind": _broker_kind,
+    "broker_queue_type": _queue_type,
     "broker_host": _host,
     "broker_user": _text(required=True),
     "broker_vhost": _text(required=True),
@@ -429,6 +438,36 @@ def input_errors(variables: dict) -> list[str]:
                 allow_root=allow_root,
                 shared_user=variables.get("broker_user"),
             )
+        )
+    return errors
+
+
+def topology_errors(broker_kind, broker_hosts, queue_type="classic") -> list[str]:
+    """What is wrong with the ``brokers`` inventory group (``broker_hosts``, its host names) for
+    ``broker_kind`` and ``broker_queue_type``, each message saying what is supported.
+
+    RabbitMQ runs on one host, or as a cluster of an odd number of nodes, at least 3: with
+    pause_minority an even split leaves no side with a majority, and a 2-node cluster stops
+    when either node does. ActiveMQ runs on one host (no network of brokers is built).
+    Quorum queues belong to RabbitMQ."""
+    hosts = list(broker_hosts or [])
+    listed = ", ".join(map(str, hosts))
+    errors = []
+    if broker_kind == "activemq":
+        if len(hosts) > 1:
+            errors.append(
+                f"brokers holds {len(hosts)} hosts ({listed}), but broker_kind activemq runs "
+                "on one broker host only (this bundle builds no network of brokers or "
+                "failover pair): list one host in brokers, or use broker_kind rabbitmq for a "
+                "cluster"
+            )
+        if queue_type != "classic":
+            errors.append(f"broker_queue_type {queue_type!r} is RabbitMQ's; ActiveMQ has none")
+    elif broker_kind == "rabbitmq" and len(hosts) > 1 and (len(hosts) < 3 or len(hosts) % 2 == 0):
+        errors.append(
+            f"brokers holds {len(hosts)} hosts ({listed}): a RabbitMQ cluster needs an odd "
+            "number of nodes, at least 3 (with pause_minority an even split leaves no "
+            "majority); list 1, 3, 5... hosts in brokers"
         )
     return errors
 

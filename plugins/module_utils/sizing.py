@@ -197,7 +197,8 @@ def worker_environment(group: dict, broker: dict) -> dict:
     get"); brokerfleet-exec adds WORKER_PROCESS, the one key that differs between processes.
 
     ``broker`` holds kind, host, user, password, and for RabbitMQ port and vhost, for ActiveMQ
-    openwire_port and stomp_port (the URLs per kind: plugins/module_utils/brokers.py). A group
+    openwire_port and stomp_port (the URLs per kind: plugins/module_utils/brokers.py); with
+    ``hosts`` (every broker node) BROKER_URLS lists a URL per node, else only ``host``'s. A group
     with its own ``broker_user`` logs in as that user (plugins/module_utils/access.py).
     Credentials are URL-encoded, an IPv6 host is bracketed. The group's own ``environment``
     comes first, so the bundle's keys win (preflight refuses a group that sets one of them).
@@ -205,10 +206,17 @@ def worker_environment(group: dict, broker: dict) -> dict:
     kind = brokers.kind(broker["kind"])
     user, password = (quote(text, safe="") for text in access.group_credentials(group, broker))
     urls = kind.worker_urls(broker, group, user, password, brokers.url_host(broker["host"]))
+    # Every node of a cluster (``broker["hosts"]``), for workers to spread over and fail over
+    # to; URL-encoded credentials and bracketed hosts hold no comma.
+    every_node = [
+        kind.worker_urls(broker, group, user, password, brokers.url_host(host))["BROKER_URL"]
+        for host in broker.get("hosts") or [broker["host"]]
+    ]
     environment = {
         **(group.get("environment") or {}),
         "BROKER_KIND": kind.name,
         **urls,
+        "BROKER_URLS": ",".join(every_node),
         "BROKER_QUEUE": group["queue"],
         "BROKER_PREFETCH": group["prefetch"],
         "FLEET_POLL_ORDER": ",".join(group["poll_order"]),

@@ -25,18 +25,22 @@ BROKER_PLAY = "PLAY [Install and tune the message broker]"
 MISSING = object()
 
 
-def local_inventory(**variables):
-    """This machine as host `testhost`, in groups brokers and workers, with ``variables``."""
+def local_inventory(brokers=("testhost",), **variables):
+    """This machine as host `testhost`, in groups brokers and workers, with ``variables``;
+    ``brokers`` may name more hosts, each this machine too."""
     local = {"ansible_connection": "local", "ansible_python_interpreter": "/usr/bin/python3"}
     return {
         "all": {
-            "children": {group: {"hosts": {"testhost": None}} for group in ("brokers", "workers")},
+            "children": {
+                "brokers": {"hosts": dict.fromkeys(brokers)},
+                "workers": {"hosts": {"testhost": None}},
+            },
             "vars": {**local, **variables},
         }
     }
 
 
-def run_site(tmp_path, extra_vars=None, verbose=False, **variables):
+def run_site(tmp_path, extra_vars=None, verbose=False, brokers=("testhost",), **variables):
     """site.yml in check mode on this machine as host `testhost` (broker and workers), with
     ``variables`` in the inventory and ``extra_vars`` given as ``-e name=value`` strings."""
     variables.setdefault("broker_password", "not-a-real-secret")
@@ -44,7 +48,7 @@ def run_site(tmp_path, extra_vars=None, verbose=False, **variables):
     variables.setdefault("worker_groups", [GOOD_GROUP])
     variables.setdefault("fleet_cpus", 2)
     path = tmp_path / "hosts.yml"
-    path.write_text(yaml.safe_dump(local_inventory(**variables)))
+    path.write_text(yaml.safe_dump(local_inventory(brokers, **variables)))
     cli = [arg for name, value in (extra_vars or {}).items() for arg in ("-e", f"{name}={value}")]
     env = dict(os.environ, ANSIBLE_FORCE_COLOR="false", ANSIBLE_NOCOLOR="true")
     result = subprocess.run(
@@ -353,6 +357,21 @@ def test_bad_input_fails_in_preflight_naming_the_variable(tmp_path, variables, n
     assert output.count("PLAY [") == 1, output
     assert re.search(r"^testhost\s+: ok=\d+\s+changed=0\s", output, re.MULTILINE), output
     assert "Traceback" not in output, output
+
+
+@pytest.mark.parametrize(
+    ("kind", "brokers", "message"),
+    [
+        ("activemq", 2, "but broker_kind activemq runs on one broker host only"),
+        ("rabbitmq", 2, "a RabbitMQ cluster needs an odd number of nodes, at least 3"),
+    ],
+)
+def test_a_brokers_group_the_bundle_does_not_build_is_refused(tmp_path, kind, brokers, message):
+    names = ["testhost", *(f"mq{number}" for number in range(2, brokers + 1))]
+    code, output = run_site(tmp_path, brokers=names, broker_kind=kind)
+    assert code != 0, output
+    assert re.search(message.replace(" ", r"\s+"), output), output
+    assert BROKER_PLAY not in output, output
 
 
 def test_a_password_is_never_shown(tmp_path):

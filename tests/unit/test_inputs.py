@@ -563,3 +563,37 @@ def test_a_group_may_name_its_own_broker_user(kind):
 def test_a_group_broker_user_is_refused_naming_the_group(groups, kind, expected):
     errors = inputs.group_errors(groups, kind, shared_user="bf")
     assert any(expected in error for error in errors), errors
+
+
+# --- the brokers group ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "hosts", [[], ["mq1"], ["mq1", "mq2", "mq3"], [f"mq{i}" for i in range(5)]]
+)
+def test_one_rabbitmq_host_or_an_odd_cluster_of_three_or_more_is_accepted(hosts):
+    assert inputs.topology_errors("rabbitmq", hosts, "quorum") == []
+    assert inputs.topology_errors("rabbitmq", hosts, "classic") == []
+
+
+@pytest.mark.parametrize("count", [2, 4, 6])
+def test_an_even_rabbitmq_cluster_is_refused_saying_what_works(count):
+    [error] = inputs.topology_errors("rabbitmq", [f"mq{i}" for i in range(count)])
+    assert error.startswith(f"brokers holds {count} hosts (mq0, mq1")
+    assert "odd number of nodes, at least 3" in error
+
+
+def test_activemq_on_more_than_one_host_or_with_quorum_queues_is_refused():
+    [error] = inputs.topology_errors("activemq", ["mq1", "mq2", "mq3"])
+    assert "broker_kind activemq runs on one broker host only" in error
+    assert "use broker_kind rabbitmq for a cluster" in error
+    [error] = inputs.topology_errors("activemq", ["mq1"], "quorum")
+    assert error.startswith("broker_queue_type 'quorum' is RabbitMQ's")
+    assert inputs.topology_errors("activemq", ["mq1"]) == []
+
+
+def test_the_queue_type_is_classic_or_quorum():
+    assert inputs.input_errors({"broker_queue_type": "quorum"}) == []
+    assert inputs.input_errors({"broker_queue_type": "stream"}) == [
+        "broker_queue_type must be one of classic, quorum, got 'stream'"
+    ]

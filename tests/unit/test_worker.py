@@ -294,3 +294,56 @@ def test_a_stomp_disconnection_is_noticed_by_the_main_thread_not_the_end_of_the_
         broker.settle("jobs", 5)
     with pytest.raises(worker.ConnectionLost):
         broker.ack(worker.Delivery("jobs", b"{}", ("ID:1", "0")))
+
+
+# --- endpoints: every node of a cluster ---------------------------------------------------------
+
+
+def test_each_process_takes_the_nodes_in_its_own_order_and_fails_over_round_robin(monkeypatch):
+    opened = []
+    monkeypatch.setattr(worker, "connect", lambda environment, url: opened.append(url) or url)
+    environment = {
+        "BROKER_KIND": "rabbitmq",
+        "BROKER_URL": "amqp://a",
+        "BROKER_URLS": "amqp://a,amqp://b,amqp://c",
+    }
+    endpoints = worker.Endpoints(environment, rand=random.Random(7))
+    assert sorted(endpoints.urls) == ["amqp://a", "amqp://b", "amqp://c"]
+    for _ in range(4):
+        endpoints.connect()
+    assert opened == endpoints.urls + endpoints.urls[:1]
+    orders = {
+        tuple(worker.Endpoints(environment, rand=random.Random(seed)).urls) for seed in range(20)
+    }
+    assert len(orders) > 1  # processes spread over the nodes
+
+
+def test_without_broker_urls_or_on_activemq_there_is_one_endpoint():
+    assert worker.Endpoints({"BROKER_KIND": "rabbitmq", "BROKER_URL": "amqp://a"}).urls == [
+        "amqp://a"
+    ]
+    activemq = {
+        "BROKER_KIND": "activemq",
+        "BROKER_URL": "tcp://a",
+        "BROKER_URLS": "tcp://a",
+        "BROKER_STOMP_URL": "stomp://a",
+    }
+    assert worker.Endpoints(activemq).urls == ["stomp://a"]
+
+
+def test_publish_tries_every_node_before_it_gives_up(monkeypatch):
+    tried = []
+
+    def refuse(environment, url):
+        tried.append(url)
+        raise worker.ConnectionLost("refused")
+
+    monkeypatch.setattr(worker, "connect", refuse)
+    environment = {
+        "BROKER_KIND": "rabbitmq",
+        "BROKER_URL": "amqp://a",
+        "BROKER_URLS": "amqp://a,amqp://b",
+    }
+    with pytest.raises(SystemExit, match="no broker endpoint answered"):
+        worker.connect_any(environment)
+    assert sorted(tried) == ["amqp://a", "amqp://b"]

@@ -130,3 +130,19 @@ def test_an_ipv6_broker_host_is_bracketed_in_urls():
     activemq = sizing.worker_environment(plan(), {**BROKER, "kind": "activemq", "host": "fd00::5"})
     assert activemq["BROKER_URL"].startswith("tcp://[fd00::5]:61616?")
     assert "@[fd00::5]:61613?" in activemq["BROKER_STOMP_URL"]
+
+
+def test_workers_get_a_url_per_node_of_a_cluster():
+    cluster = {**BROKER, "hosts": ["mq1", "fd00::5", "mq3"]}
+    environment = sizing.worker_environment(plan(), cluster)
+    urls = environment["BROKER_URLS"].split(",")
+    assert urls[0] == environment["BROKER_URL"]
+    assert [url.split("@")[1] for url in urls] == [
+        "mq1:5672/brokerfleet",
+        "[fd00::5]:5672/brokerfleet",
+        "mq3:5672/brokerfleet",
+    ]
+    # The password is URL-encoded: no comma can split a URL.
+    assert all(url.startswith("amqp://brokerfleet:p%40ss%2F%3A%23%25%22%27word@") for url in urls)
+    single = sizing.worker_environment(plan(), BROKER)
+    assert single["BROKER_URLS"] == single["BROKER_URL"]

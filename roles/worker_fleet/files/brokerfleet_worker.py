@@ -26,8 +26,9 @@ A lost broker connection, or none at start, does not end the worker: it logs a l
 The broker requeues the messages the old connection held; a job done whose ack was lost with
 the connection runs again (at-least-once).
 
-Environment: BROKER_KIND (rabbitmq: AMQP through BROKER_URL, python3-pika; activemq: STOMP
-through BROKER_STOMP_URL, python3-stomp), BROKER_QUEUE, BROKER_PREFETCH, FLEET_POLL_ORDER,
+Environment: BROKER_KIND (rabbitmq: AMQP through BROKER_URL, or any of BROKER_URLS, the
+comma-separated URLs of every node of a cluster, python3-pika; activemq: STOMP through
+BROKER_STOMP_URL, python3-stomp), BROKER_QUEUE, BROKER_PREFETCH, FLEET_POLL_ORDER,
 FLEET_POLL_WHEN_IDLE, WORKER_RECYCLE_AFTER, BROKERFLEET_DONE_DIR (default
 /var/lib/brokerfleet/done).
 """
@@ -304,13 +305,32 @@ class StompBroker:
             self.connection.disconnect()
 
 
-def connect(environment):
+def connect(environment, url=None):
+    """A broker connection of BROKER_KIND, to ``url`` or the environment's one."""
     kind = environment.get("BROKER_KIND")
     if kind == "activemq":
-        return StompBroker(environment["BROKER_STOMP_URL"])
+        return StompBroker(url or environment["BROKER_STOMP_URL"])
     if kind == "rabbitmq":
-        return AmqpBroker(environment["BROKER_URL"])
+        return AmqpBroker(url or environment["BROKER_URL"])
     sys.exit(f"BROKER_KIND must be rabbitmq or activemq, got {kind!r}")
+
+
+class Endpoints:
+    """The broker's endpoints (BROKER_URLS: every node of a cluster; else the one URL), in an
+    order of this process's own, so that a fleet spreads over the nodes. Each connection
+    attempt takes the next one: a worker whose node went away tries another."""
+
+    def __init__(self, environment, rand=random):
+        key = "BROKER_STOMP_URL" if environment.get("BROKER_KIND") == "activemq" else "BROKER_URL"
+        urls = split(environment.get("BROKER_URLS")) if key == "BROKER_URL" else []
+        self.urls = urls or [environment[key]]
+        rand.shuffle(self.urls)
+        self.environment, self.position = environment, 0
+
+    def connect(self):
+        url = self.urls[self.position % len(self.urls)]
+        self.position += 1
+        return connect(self.environment, url)
 
 
 def split(names):
@@ -438,7 +458,7 @@ def consume():
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     poller = Poller(order, when_idle)
-    consume_jobs(lambda: connect(os.environ), queues, prefetch, poller, stopping, recycle_after)
+    consume_jobs(Endpoints(os.environ).connect, queues, prefetch, poller, stopping, recycle_after)
 
 
 def group_environment(group):
@@ -464,9 +484,20 @@ def level_queue(environment, level):
     return queue
 
 
+def connect_any(environment):
+    """A connection to the first endpoint that answers (publish, move: run by hand)."""
+    endpoints = Endpoints(environment)
+    for _ in endpoints.urls:
+        try:
+            return endpoints.connect()
+        except ConnectionLost as lost:
+            log(f"no broker connection ({lost})")
+    sys.exit("no broker endpoint answered")
+
+
 def publish(args, environment):
     queue = level_queue(environment, args.level)
-    broker = connect(environment)
+    broker = connect_any(environment)
     ids = range(args.first_id, args.first_id + args.count)
     broker.publish(queue, (json.dumps({"id": i, "seconds": args.seconds}) for i in ids))
     broker.close()
@@ -481,7 +512,7 @@ def move(args, environment):
     Jobs not chosen are left unacked and go back to the source when the command exits.
     """
     source, target = level_queue(environment, args.source), level_queue(environment, args.target)
-    broker = connect(environment)
+    broker = connect_any(environment)
     broker.subscribe([source], args.scan)
     moved, scanned = 0, 0
     while moved < args.count and scanned < args.scan:
