@@ -111,3 +111,9 @@ def url_host(host) -> str:
     """``host`` as the host part of a URL: an IPv6 address goes in brackets (RFC 3986)."""
     host = str(host)
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def host_addresses(hosts, host_vars) -> list[str]:
+    """Where clients reach each of ``hosts`` (inventory names): its ``ansible_host`` when the
+    inventory sets one, else its name. ``host_vars`` maps a name to its variables."""
+    return [str((host_vars[host] or {}).get("ansible_host") or host) for host in hosts or []]

@@ -50,6 +50,8 @@ MAX_GROUP_NAME = 64
 # wildcards and "," separates destinations), XML attributes, URLs and file names.
 QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 MAX_QUEUE_NAME = 200
+# An Erlang cookie that every tool quotes safely: letters and digits, as RabbitMQ makes them.
+ERLANG_COOKIE = re.compile(r"[A-Za-z0-9]{20,255}")
 # RabbitMQ refuses to declare a queue named amq.* (reserved for the broker's own).
 RABBITMQ_RESERVED_PREFIX = "amq."
 # ActiveMQ names its advisory topics and its dead-letter queues ActiveMQ.*.
@@ -305,6 +307,26 @@ def _host(name, value):
     return [error] if error else []
 
 
+def _hosts(name, value):
+    """A list of hosts (every broker node), each a host name or an IP address."""
+    if not isinstance(value, list):
+        return [f"{name} must be a list of host names or addresses, got {value!r}"]
+    errors = [host_error(f"{name}[{index}]", host) for index, host in enumerate(value)]
+    return [error for error in errors if error]
+
+
+def _erlang_cookie(name, value):
+    """The secret the nodes of a cluster share; never shown in a message."""
+    if value in (None, ""):
+        return [
+            f"{name} is required when brokers holds a RabbitMQ cluster: set 20 or more "
+            "random letters and digits, from a vault, the same for every node"
+        ]
+    if isinstance(value, str) and ERLANG_COOKIE.fullmatch(value):
+        return []
+    return [f"{name} must be 20 to 255 letters and digits (the value is not shown)"]
+
+
 def _path(empty_allowed: bool):
     """An absolute path without control characters (or "", when ``empty_allowed``)."""
 
@@ -379,6 +401,8 @@ TEXT_CHECKS = {
     "broker_kind": _broker_kind,
     "broker_queue_type": _queue_type,
     "broker_host": _host,
+    "broker_hosts": _hosts,
+    "rabbitmq_erlang_cookie": _erlang_cookie,
     "broker_user": _text(required=True),
     "broker_vhost": _text(required=True),
     "broker_password": _text(required=True, secret=True),
