@@ -2,7 +2,8 @@
 (plugins/module_utils, importable as `brokerfleet` too, which the unit tests use).
 
 The logic lives in those modules, unit-tested without Ansible; this file only turns their
-ValueErrors into AnsibleFilterErrors that name the bad variable. Roles call these filters by
+ValueErrors into AnsibleFilterErrors that name the bad variable, and reads the worker hosts'
+own worker_groups out of hostvars for the union filters. Roles call these filters by
 their full name, brokerfleet.fleet.<filter>.
 """
 
@@ -31,6 +32,23 @@ def _adapt(function):
     return filter_
 
 
+def _groups_by_host(worker_hosts, hostvars) -> dict:
+    """{host: its worker_groups} for ``worker_hosts`` only, in their order: None where a host
+    does not set worker_groups itself (role defaults are not in hostvars)."""
+    return {host: hostvars[host].get("worker_groups") for host in worker_hosts or []}
+
+
+def union_groups(worker_hosts, hostvars, fallback=None):
+    """``groups['workers'] | fleet_union_groups(hostvars, worker_groups)``: inputs.union_groups
+    over those hosts; ``fallback`` where none of them sets worker_groups."""
+    return inputs.union_groups(_groups_by_host(worker_hosts, hostvars), fallback)
+
+
+def union_errors(worker_hosts, hostvars, broker_kind="rabbitmq"):
+    """``groups['workers'] | fleet_union_errors(hostvars, broker_kind)``: inputs.union_errors."""
+    return inputs.union_errors(_groups_by_host(worker_hosts, hostvars), broker_kind)
+
+
 class FilterModule:
     """brokerfleet.fleet filters."""
 
@@ -42,6 +60,8 @@ class FilterModule:
             "fleet_group_errors": _adapt(inputs.group_errors),
             "fleet_input_errors": _adapt(inputs.input_errors),
             "fleet_topology_errors": _adapt(inputs.topology_errors),
+            "fleet_union_groups": _adapt(union_groups),
+            "fleet_union_errors": _adapt(union_errors),
             "fleet_host_cpus": _adapt(sizing.host_cpus),
             "fleet_worker_budget": _adapt(sizing.worker_budget),
             "fleet_plan": _adapt(sizing.fleet_plan),

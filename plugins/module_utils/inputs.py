@@ -5,6 +5,8 @@ test it directly. ``input_errors`` takes the variables a role uses, as a mapping
 value, and returns every problem, each naming the variable (and, for ``worker_groups``, the
 group); preflight asserts the list is empty before any host changes. The argument specs
 (meta/argument_specs.yml) check types; these are the rules a spec cannot express.
+``worker_groups`` may differ per worker host: ``union_groups`` is what the broker declares,
+``union_errors`` what refuses a group defined differently on two hosts.
 
 Numbers may come as numeric strings, as ``-e name=value`` gives them: ``number`` converts one
 or raises a ValueError naming the variable, so the sizing code converts with the same rule
@@ -541,7 +543,7 @@ def group_errors(
             errors.append(f"worker_groups[{index}] must be a mapping, got {group!r}")
             continue
         name = group.get("name")
-        where = f"worker_groups[{index}] (name {name!r})"
+        where = _where(index, name)
         errors.extend(f"{where}: {e}" for e in _one_group_errors(group, broker_kind, allow_root))
         if isinstance(name, str):
             if name in seen:
@@ -696,36 +698,48 @@ def environment_errors(environment) -> list[str]:
     return errors
 
 
-def _queue_errors(groups: list, broker_kind: str) -> list[str]:
+def _queue_errors(groups: list, broker_kind: str, where=None, reported=None) -> list[str]:
     """Queues that two groups would fight over: a consumed queue that is another queue's
     dead-letter queue, or one consumed by two groups when either has priority levels (two
-    groups without levels may drain one queue, README "Worker group contract")."""
-    owners = {}  # consumed queue -> [(where, plain)]
-    dead_of = {}  # dead-letter queue -> (where, the queue it serves)
+    groups without levels may drain one queue, README "Worker group contract").
+
+    ``where(index)`` names the group at ``index`` in the messages (default
+    ``worker_groups[index] (name ...)``); ``reported(i, j)`` is true for a pair of groups
+    whose clash another check already reports (union_errors: both on one worker host)."""
+    where = where or (lambda index: _where(index, groups[index]["name"]))
+    owners = {}  # consumed queue -> [(index, plain)]
+    dead_of = {}  # dead-letter queue -> (index, the queue it serves)
     for index, group in enumerate(groups):
         if not _queues_are_checkable(group, broker_kind):
             continue
-        where = f"worker_groups[{index}] (name {group['name']!r})"
         plain = not group.get("priority_levels")
         for queue in queues.consumed_queues(group):
-            owners.setdefault(queue, []).append((where, plain))
-            dead_of.setdefault(queues.dead_letter_queue(queue, broker_kind), (where, queue))
+            owners.setdefault(queue, []).append((index, plain))
+            dead_of.setdefault(queues.dead_letter_queue(queue, broker_kind), (index, queue))
     errors = []
     for queue, consumers in owners.items():
-        first_where, first_plain = consumers[0]
-        for where, plain in consumers[1:]:
-            if not (plain and first_plain):
+        first, first_plain = consumers[0]
+        for index, plain in consumers[1:]:
+            if not (plain and first_plain) and not (reported and reported(first, index)):
                 errors.append(
-                    f"{where}: queue {queue!r} is also consumed by {first_where}; only groups "
-                    "without priority_levels may share a queue"
+                    f"{where(index)}: queue {queue!r} is also consumed by {where(first)}; only "
+                    "groups without priority_levels may share a queue"
                 )
         if queue in dead_of:
             owner, served = dead_of[queue]
-            errors.append(
-                f"{consumers[0][0]}: queue {queue!r} is the dead-letter queue of queue "
-                f"{served!r} of {owner}; choose another queue"
+            consumer = next(
+                (i for i, _ in consumers if not (reported and reported(owner, i))), None
             )
+            if consumer is not None:
+                errors.append(
+                    f"{where(consumer)}: queue {queue!r} is the dead-letter queue of queue "
+                    f"{served!r} of {where(owner)}; choose another queue"
+                )
     return errors
+
+
+def _where(index: int, name) -> str:
+    return f"worker_groups[{index}] (name {name!r})"
 
 
 def _queues_are_checkable(group, broker_kind: str) -> bool:
@@ -738,3 +752,102 @@ def _queues_are_checkable(group, broker_kind: str) -> bool:
         return False
     levels = group.get("priority_levels")
     return levels is None or (isinstance(levels, dict) and not queues.priority_errors(levels))
+
+
+# --- worker groups across worker hosts --------------------------------------------------------
+
+# What the broker makes of a group: its queues (the queue, or one per priority level) and its
+# own user. A group that runs on several worker hosts must agree on these everywhere; its other
+# keys (command, weight, min, max, user...) size and run the workers of each host on its own.
+BROKER_FACING_KEYS = ("queue", "priority_levels", "broker_user")
+
+
+def union_groups(groups_by_host: dict, fallback=None) -> list:
+    """The worker groups the broker declares: every group of every worker host, each name once,
+    as the first host (in inventory order) that has it defines it, in first-seen order.
+
+    ``groups_by_host`` maps each worker host to its ``worker_groups``; a host without a list
+    there (unset, None) is skipped, as is an entry without a name (the host's own preflight
+    refuses those). ``fallback`` (the calling host's own worker_groups) is the answer when no
+    host has a list: no worker host in the inventory, or none that sets worker_groups itself.
+    """
+    lists = [groups for groups in groups_by_host.values() if isinstance(groups, list)]
+    if not lists:
+        return [] if fallback is None else fallback
+    union, seen = [], set()
+    for groups in lists:
+        for group in groups:
+            name = group.get("name") if isinstance(group, dict) else None
+            if isinstance(name, str) and name not in seen:
+                seen.add(name)
+                union.append(group)
+    return union
+
+
+def union_errors(groups_by_host: dict, broker_kind: str = "rabbitmq") -> list[str]:
+    """What stops the broker from serving the worker hosts' groups together (``groups_by_host``
+    as for union_groups), each message naming the group and the hosts.
+
+    A group name on two hosts is one group for the broker: its queue (default: its name),
+    priority_levels and broker_user must be the same on both. Two groups of different hosts
+    must not clash over a queue or a broker user any more than two groups of one host may
+    (group_errors); a clash within one host is left to that host's own check."""
+    # An unknown broker_kind is input_errors' to report; the queues are checked as RabbitMQ's.
+    broker_kind = broker_kind if broker_kind in BROKER_KINDS else "rabbitmq"
+    defined = {}  # group name -> [(host, group)], in inventory order
+    for host, groups in groups_by_host.items():
+        if not isinstance(groups, list):
+            continue
+        for group in groups:
+            name = group.get("name") if isinstance(group, dict) else None
+            if isinstance(name, str):
+                defined.setdefault(name, []).append((host, group))
+    errors = []
+    for name, definitions in defined.items():
+        first_host, first = definitions[0]
+        for host, group in definitions[1:]:
+            if host == first_host:
+                continue  # a name twice in one list: that host's own check refuses it
+            for key in BROKER_FACING_KEYS:
+                if _broker_facing(first, key) != _broker_facing(group, key):
+                    errors.append(
+                        f"worker_groups: group {name!r} has {key} "
+                        f"{_broker_facing(first, key)!r} on host {first_host} but "
+                        f"{_broker_facing(group, key)!r} on host {host}; the broker declares a "
+                        "group's queues and broker user once for all worker hosts, so queue "
+                        "(default: the name), priority_levels and broker_user must be the same "
+                        "on every host that defines the group: make them equal, or rename one "
+                        "of the groups"
+                    )
+    union = [definitions[0][1] for definitions in defined.values()]
+    hosts = [{host for host, _ in definitions} for definitions in defined.values()]
+    origin = [definitions[0][0] for definitions in defined.values()]
+
+    def where(index):
+        return f"worker_groups of host {origin[index]} (name {union[index]['name']!r})"
+
+    def together(first, second):
+        return bool(hosts[first] & hosts[second])
+
+    errors.extend(_queue_errors(union, broker_kind, where, together))
+    owner_of = {}  # a group's own broker user -> index of the first group that names it
+    for index, group in enumerate(union):
+        user = group.get("broker_user")
+        if not isinstance(user, str) or not user:
+            continue
+        first = owner_of.setdefault(user, index)
+        if first != index and not together(first, index):
+            errors.append(
+                f"{where(index)}: broker_user {user!r} is also the broker_user of "
+                f"{where(first)}: each group's own broker user must be its alone; give one of "
+                "them another broker_user"
+            )
+    return errors
+
+
+def _broker_facing(group: dict, key: str):
+    """The value of a broker-facing ``key`` of ``group`` as the broker reads it: queue defaults
+    to the name; an empty priority_levels or broker_user is none."""
+    if key == "queue":
+        return group.get("queue") or group.get("name")
+    return group.get(key) or None

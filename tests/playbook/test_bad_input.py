@@ -25,30 +25,34 @@ BROKER_PLAY = "PLAY [Install and tune the message broker]"
 MISSING = object()
 
 
-def local_inventory(brokers=("testhost",), **variables):
+def local_inventory(brokers=("testhost",), workers=None, **variables):
     """This machine as host `testhost`, in groups brokers and workers, with ``variables``;
-    ``brokers`` may name more hosts, each this machine too."""
+    ``brokers`` may name more hosts, each this machine too. ``workers`` maps the worker hosts
+    (this machine too) to their host variables, by default {"testhost": None}."""
     local = {"ansible_connection": "local", "ansible_python_interpreter": "/usr/bin/python3"}
     return {
         "all": {
             "children": {
                 "brokers": {"hosts": dict.fromkeys(brokers)},
-                "workers": {"hosts": {"testhost": None}},
+                "workers": {"hosts": workers or {"testhost": None}},
             },
             "vars": {**local, **variables},
         }
     }
 
 
-def run_site(tmp_path, extra_vars=None, verbose=False, brokers=("testhost",), **variables):
+def run_site(
+    tmp_path, extra_vars=None, verbose=False, brokers=("testhost",), workers=None, **variables
+):
     """site.yml in check mode on this machine as host `testhost` (broker and workers), with
-    ``variables`` in the inventory and ``extra_vars`` given as ``-e name=value`` strings."""
+    ``variables`` in the inventory and ``extra_vars`` given as ``-e name=value`` strings;
+    ``workers`` as for local_inventory."""
     variables.setdefault("broker_password", "not-a-real-secret")
     variables = {k: v for k, v in variables.items() if v is not MISSING}
     variables.setdefault("worker_groups", [GOOD_GROUP])
     variables.setdefault("fleet_cpus", 2)
     path = tmp_path / "hosts.yml"
-    path.write_text(yaml.safe_dump(local_inventory(brokers, **variables)))
+    path.write_text(yaml.safe_dump(local_inventory(brokers, workers, **variables)))
     cli = [arg for name, value in (extra_vars or {}).items() for arg in ("-e", f"{name}={value}")]
     env = dict(os.environ, ANSIBLE_FORCE_COLOR="false", ANSIBLE_NOCOLOR="true")
     result = subprocess.run(
@@ -372,6 +376,29 @@ def test_a_brokers_group_the_bundle_does_not_build_is_refused(tmp_path, kind, br
     assert code != 0, output
     assert re.search(message.replace(" ", r"\s+"), output), output
     assert BROKER_PLAY not in output, output
+
+
+def test_a_group_with_another_queue_on_another_worker_host_is_refused(tmp_path):
+    """worker_groups per worker host (host variables): the broker declares the union, so one
+    group name must have one queue everywhere. Every host fails alike, before any change."""
+    workers = {
+        "testhost": {"worker_groups": [group(queue="imports.a")]},
+        "worker2": {"worker_groups": [group(queue="imports.b"), group(name="thumbs")]},
+    }
+    code, output = run_site(tmp_path, workers=workers)
+    assert code != 0, output
+    message = (
+        "worker_groups: group 'imports' has queue 'imports.a' on host testhost but 'imports.b' "
+        "on host worker2"
+    )
+    assert re.search(re.escape(message).replace(r"\ ", r"\s+"), output), output
+    assert BROKER_PLAY not in output, output
+    assert output.count("PLAY [") == 1, output
+    for host in workers:
+        assert re.search(
+            rf"^{host}\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=1", output, re.M
+        )
+    assert "Traceback" not in output, output
 
 
 def test_a_password_is_never_shown(tmp_path):
