@@ -37,6 +37,9 @@ GROUP_DEFAULTS = {
     "directory": "/",
     "user": "brokerfleet",
     "priority_levels": None,
+    # Returns of a message to a quorum queue (failed deliveries) before it is dead-lettered
+    # (queues.py says why 20); classic queues have no delivery limit.
+    "delivery_limit": queues.DEFAULT_DELIVERY_LIMIT,
     # None: the group's workers log in as the shared broker_user.
     "broker_user": None,
 }
@@ -93,7 +96,7 @@ HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 SUPERVISOR_BYTES = re.compile(r"[0-9]+(KB|MB|GB)?")
 BROKER_KINDS = brokers.BROKER_KINDS
 # RabbitMQ queue types for the worker groups' queues (broker_queue_type).
-QUEUE_TYPES = ("classic", "quorum")
+QUEUE_TYPES = queues.QUEUE_TYPES
 # What a numeric string looks like (as -e gives it); no blanks, no "nan", no "inf".
 # Templates render some of them as given, hence no "+" and no leading zeros either.
 INTEGER_TEXT = re.compile(r"-?(0|[1-9][0-9]*)")
@@ -670,6 +673,9 @@ def _group_number_errors(group: dict) -> list[str]:
     recycle = group.get("recycle_after")
     if recycle is not None and (not is_integer(recycle) or recycle < 1):
         errors.append(f"recycle_after must be an integer >= 1 when set, got {recycle!r}")
+    limit = group.get("delivery_limit", GROUP_DEFAULTS["delivery_limit"])
+    if not is_integer(limit) or limit < 1:
+        errors.append(f"delivery_limit must be an integer >= 1, got {limit!r}")
     return errors
 
 

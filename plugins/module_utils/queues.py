@@ -21,6 +21,21 @@ PRIORITY_LEVELS = ("very_high", "high", "medium", "low", "very_low")
 # the cycle travels in every worker's environment.
 MAX_POLL_CYCLE = 1000
 
+# RabbitMQ types of the worker groups' queues (broker_queue_type). RabbitMQ cannot change the
+# type of a queue once declared.
+QUEUE_TYPES = ("classic", "quorum")
+
+# Default of a group's ``delivery_limit`` (the ``delivery-limit`` policy key): a quorum queue
+# dead-letters a message to <queue>.dead instead of redelivering it once it has come back to
+# the queue more than this many times (its x-delivery-count). Every return counts, not only
+# the jobs that failed: a job killed mid-way by a worker crash or an OOM kill, and, on
+# RabbitMQ 3.10, the prefetched messages a worker gives back unstarted when it exits
+# (SIGTERM, recycle_after, a scale-down) or loses its connection. 20 leaves room for those
+# ordinary returns, while a poison message (one that kills its worker every time) is still
+# dead-lettered on its 21st return instead of looping forever. Classic queues have no
+# delivery limit: the key only acts on quorum queues.
+DEFAULT_DELIVERY_LIMIT = 20
+
 
 def group_queues(groups) -> list[str]:
     """Every queue the worker groups consume, in order, without repeats (two groups may
@@ -135,24 +150,56 @@ def group_poll_queues(group) -> dict:
     }
 
 
-def rabbitmq_queue_policies(groups, max_length=0, extra=None) -> list[dict]:
-    """One policy per work queue and one per dead-letter queue.
+def rabbitmq_queue_policies(groups, max_length=0, extra=None, queue_type="classic") -> list[dict]:
+    """One policy per work queue and one per dead-letter queue, for queues of ``queue_type``
+    (broker_queue_type: classic or quorum).
 
     A work queue dead-letters rejected and expired messages through the default exchange to
     ``<queue>.dead``; both are bounded by ``max_length`` with overflow ``reject-publish``, so
     producers are told when the broker will not take more rather than messages being dropped.
     ``extra`` keys go into the work-queue policies and win over these.
+
+    A quorum work queue also gets ``delivery-limit`` (its group's ``delivery_limit``, default
+    DEFAULT_DELIVERY_LIMIT; when groups share a queue the smallest wins) and at-least-once
+    dead-lettering, ``dead-letter-strategy: at-least-once``. RabbitMQ 3.10 honours that only
+    with ``overflow: reject-publish``: its quorum queue guide says that with the default
+    drop-head overflow, even on a queue without a length limit, dead-lettering falls back to
+    at-most-once. So a quorum work queue gets ``reject-publish`` even when ``max_length`` is 0.
+    At-least-once also needs the ``stream_queue`` feature flag, enabled by default on a node
+    created by 3.9 or later (a fresh 3.10 node). ``extra`` may not undo that pairing silently:
+    a quorum work queue left with at-least-once and another overflow is an error. The ``.dead``
+    queues keep the length limits only (no delivery limit: nothing consumes them as jobs).
+    Classic queues get exactly the classic policies: no delivery limit, at-most-once
+    dead-lettering.
     """
+    _check_queue_type(queue_type)
     limits = {"max-length": max_length, "overflow": "reject-publish"} if max_length else {}
+    quorum = queue_type == "quorum"
+    delivery_limits = queue_delivery_limits(groups) if quorum else {}
     policies = []
     for queue in group_queues(groups):
         dead = dead_letter_queue(queue, "rabbitmq")
-        work = {
-            "dead-letter-exchange": "",
-            "dead-letter-routing-key": dead,
-            **limits,
-            **(extra or {}),
-        }
+        work = {"dead-letter-exchange": "", "dead-letter-routing-key": dead, **limits}
+        if quorum:
+            work.update(
+                {
+                    "delivery-limit": delivery_limits[queue],
+                    "dead-letter-strategy": "at-least-once",
+                    "overflow": "reject-publish",
+                }
+            )
+        work.update(extra or {})
+        if (
+            quorum
+            and work.get("dead-letter-strategy") == "at-least-once"
+            and work.get("overflow") != "reject-publish"
+        ):
+            raise ValueError(
+                f"rabbitmq_queue_policy_extra sets overflow {work.get('overflow')!r}, but the "
+                "quorum queues' at-least-once dead-lettering needs overflow reject-publish "
+                "(RabbitMQ falls back to at-most-once otherwise): drop overflow from "
+                "rabbitmq_queue_policy_extra, or set dead-letter-strategy: at-most-once there too"
+            )
         policies.append(
             {"name": f"brokerfleet-{queue}", "pattern": _exactly(queue), "definition": work}
         )
@@ -161,6 +208,26 @@ def rabbitmq_queue_policies(groups, max_length=0, extra=None) -> list[dict]:
                 {"name": f"brokerfleet-{dead}", "pattern": _exactly(dead), "definition": limits}
             )
     return policies
+
+
+def queue_delivery_limits(groups) -> dict[str, int]:
+    """Each consumed queue's delivery limit: its group's ``delivery_limit`` (the raw inventory
+    value, DEFAULT_DELIVERY_LIMIT when unset), the smallest when groups share the queue."""
+    limits = {}
+    for group in groups:
+        limit = group.get("delivery_limit")
+        if limit is None:
+            limit = DEFAULT_DELIVERY_LIMIT
+        for queue in consumed_queues(group):
+            limits[queue] = min(limits.get(queue, limit), limit)
+    return limits
+
+
+def _check_queue_type(queue_type) -> None:
+    if queue_type not in QUEUE_TYPES:
+        raise ValueError(
+            f"broker_queue_type must be one of {', '.join(QUEUE_TYPES)}, got {queue_type!r}"
+        )
 
 
 def rabbitmq_policy_changes(wanted, current) -> dict:
@@ -191,17 +258,41 @@ def _definition(value):
     return json.loads(value) if isinstance(value, str) else value
 
 
-def rabbitmq_missing_queues(wanted, current) -> list[str]:
+def rabbitmq_missing_queues(wanted, current, queue_type="classic") -> list[str]:
     """The ``wanted`` queue names not yet declared; ``current`` is the management API's queue
-    list. A queue that exists but is not durable is an error: it would lose its messages on a
-    restart, and RabbitMQ cannot change it in place."""
+    list (columns name, durable and type; a queue listed without ``type`` is classic).
+
+    A wanted queue that exists but is not durable, or not of ``queue_type``
+    (broker_queue_type), is an error: the first would lose its messages on a restart, and
+    RabbitMQ can change neither in place. Every such queue is named in one ValueError, before
+    anything is declared."""
+    _check_queue_type(queue_type)
     have = {queue["name"]: queue for queue in current}
+    errors = []
     for name in wanted:
-        if name in have and not have[name].get("durable"):
-            raise ValueError(
+        found = have.get(name)
+        if found is None:
+            continue
+        if not found.get("durable"):
+            errors.append(
                 f"queue {name!r} exists but is not durable: its messages would not survive a "
                 "restart; drain and delete it, and the next run declares it durable"
             )
+            continue
+        kind = found.get("type") or "classic"
+        if kind != queue_type:
+            keep = (
+                f", or set broker_queue_type: {kind} to keep it (the type of every worker queue)"
+                if kind in QUEUE_TYPES
+                else ""
+            )
+            errors.append(
+                f"queue {name!r} exists as a {kind} queue but broker_queue_type is "
+                f"{queue_type!r}: RabbitMQ cannot change a queue's type; drain it and delete "
+                f"it, and the next run declares it as a {queue_type} queue{keep}"
+            )
+    if errors:
+        raise ValueError("; ".join(errors))
     return [name for name in wanted if name not in have]
 
 

@@ -215,6 +215,11 @@ CASES = [
         [where(), "recycle_after must be an integer >= 1"],
         "recycle_negative",
     ),
+    (
+        {"worker_groups": [group(delivery_limit=0)]},
+        [where(), "delivery_limit must be an integer >= 1, got 0"],
+        "delivery_limit_zero",
+    ),
     ({"worker_groups": [group(weight=True)]}, [where(), "weight must be a number"], "weight_bool"),
     ({"worker_groups": [group(wieght=2)]}, [where(), "unknown key 'wieght'"], "unknown_key"),
     (

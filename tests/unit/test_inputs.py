@@ -43,6 +43,7 @@ def test_valid_groups_have_no_errors():
             job_seconds=86400,
             importance=5,
             recycle_after=1,
+            delivery_limit=1,
             environment={"APP_ENV": "prod", "RETRIES": 3, "RATIO": 0.5, "NAME": "Zürich"},
             priority_levels={"high": 2, "low": 1},
         ),
@@ -87,6 +88,13 @@ def test_valid_groups_have_no_errors():
         ([group("a", importance=3.0)], "importance must be 1"),
         ([group("a", recycle_after=0)], "recycle_after must be an integer >= 1 when set"),
         ([group("a", recycle_after=-5)], "recycle_after must be an integer >= 1"),
+        ([group("a", delivery_limit=0)], "worker_groups[0] (name 'a'): delivery_limit must be"),
+        ([group("a", delivery_limit=-1)], "delivery_limit must be an integer >= 1, got -1"),
+        ([group("a", delivery_limit=2.5)], "delivery_limit must be an integer >= 1, got 2.5"),
+        ([group("a", delivery_limit=True)], "delivery_limit must be an integer >= 1, got True"),
+        ([group("a", delivery_limit=None)], "delivery_limit must be an integer >= 1, got None"),
+        # Like every group key, and unlike the global numbers, no numeric strings.
+        ([group("a", delivery_limit="20")], "delivery_limit must be an integer >= 1, got '20'"),
         ([group("a", directory="srv")], "directory must be an absolute path, got 'srv'"),
         ([group("a", directory=None)], "directory must be an absolute path, got None"),
         ([group("a", directory="/srv\n")], "directory must not contain control characters"),
@@ -511,6 +519,7 @@ valid_groups = st.lists(
             "job_seconds": st.floats(min_value=0.01, max_value=86400),
             "importance": st.integers(min_value=1, max_value=5),
             "recycle_after": st.integers(min_value=1, max_value=1000),
+            "delivery_limit": st.integers(min_value=1, max_value=10**6),
             "environment": st.dictionaries(
                 st.from_regex(r"APP_[A-Z]{1,5}", fullmatch=True),
                 st.one_of(st.text(alphabet="abc/:= ", max_size=5), st.integers()),
@@ -536,6 +545,22 @@ def test_a_queue_equal_to_a_dead_letter_queue_is_always_refused(groups, seed):
     )
     errors = inputs.group_errors([*groups, extra])
     assert any("is the dead-letter queue" in e for e in errors), errors
+
+
+@given(st.one_of(st.integers(), st.floats(), st.booleans(), st.text(max_size=4), st.none()))
+def test_delivery_limit_is_an_integer_of_at_least_one(limit):
+    errors = inputs.group_errors([group("a", delivery_limit=limit)])
+    valid = isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1
+    assert (errors == []) == valid, errors
+    if not valid:
+        assert errors == [
+            f"worker_groups[0] (name 'a'): delivery_limit must be an integer >= 1, got {limit!r}"
+        ]
+
+
+def test_delivery_limit_defaults_to_the_queues_default():
+    assert inputs.GROUP_DEFAULTS["delivery_limit"] == queues.DEFAULT_DELIVERY_LIMIT == 20
+    assert inputs.QUEUE_TYPES == queues.QUEUE_TYPES == ("classic", "quorum")
 
 
 # --- a group's own broker user ------------------------------------------------------------------

@@ -157,6 +157,245 @@ def test_missing_queues_and_a_transient_one_refused():
         queues.rabbitmq_missing_queues(["t"], current)
 
 
+# --- quorum queues -----------------------------------------------------------------------------
+
+
+def test_quorum_policies_add_a_delivery_limit_and_at_least_once_dead_lettering():
+    policies = queues.rabbitmq_queue_policies(
+        [group("a", delivery_limit=5)], max_length=10, queue_type="quorum"
+    )
+    assert policies == [
+        {
+            "name": "brokerfleet-a",
+            "pattern": "^a$",
+            "definition": {
+                "dead-letter-exchange": "",
+                "dead-letter-routing-key": "a.dead",
+                "max-length": 10,
+                "overflow": "reject-publish",
+                "delivery-limit": 5,
+                "dead-letter-strategy": "at-least-once",
+            },
+        },
+        # The dead-letter queue keeps its length limit only: no delivery limit there.
+        {
+            "name": "brokerfleet-a.dead",
+            "pattern": r"^a\.dead$",
+            "definition": {"max-length": 10, "overflow": "reject-publish"},
+        },
+    ]
+
+
+def test_quorum_work_queues_reject_publish_even_without_a_length_limit():
+    # At-least-once dead-lettering falls back to at-most-once under drop-head, the default.
+    policies = queues.rabbitmq_queue_policies([group("a")], max_length=0, queue_type="quorum")
+    assert policies == [
+        {
+            "name": "brokerfleet-a",
+            "pattern": "^a$",
+            "definition": {
+                "dead-letter-exchange": "",
+                "dead-letter-routing-key": "a.dead",
+                "overflow": "reject-publish",
+                "delivery-limit": queues.DEFAULT_DELIVERY_LIMIT,
+                "dead-letter-strategy": "at-least-once",
+            },
+        }
+    ]
+
+
+def test_each_group_gets_its_delivery_limit_and_the_default_applies_to_raw_groups():
+    groups = [
+        group("a", delivery_limit=3),
+        {"name": "b", "command": "/bin/true"},  # raw inventory value: no defaults filled in
+        group("c", queue="shared", delivery_limit=7),
+        group("d", queue="shared", delivery_limit=4),  # shared queue: the smallest wins
+        group("e", delivery_limit=None),
+    ]
+    policies = queues.rabbitmq_queue_policies(groups, max_length=10, queue_type="quorum")
+    limits = {
+        p["name"]: p["definition"].get("delivery-limit")
+        for p in policies
+        if not p["name"].endswith(".dead")
+    }
+    assert limits == {
+        "brokerfleet-a": 3,
+        "brokerfleet-b": 20,
+        "brokerfleet-shared": 4,
+        "brokerfleet-e": 20,
+    }
+    assert all(
+        "delivery-limit" not in p["definition"] for p in policies if p["name"].endswith(".dead")
+    )
+
+
+def test_every_priority_level_queue_gets_the_quorum_policy():
+    groups = [group("jobs", delivery_limit=9, priority_levels={"high": 2, "low": 1, "very_low": 0})]
+    policies = queues.rabbitmq_queue_policies(groups, max_length=10, queue_type="quorum")
+    work = [p for p in policies if not p["name"].endswith(".dead")]
+    assert [p["name"] for p in work] == [
+        "brokerfleet-jobs.high",
+        "brokerfleet-jobs.low",
+        "brokerfleet-jobs.very_low",
+    ]
+    for policy in work:
+        assert policy["definition"]["delivery-limit"] == 9
+        assert policy["definition"]["dead-letter-strategy"] == "at-least-once"
+        assert policy["definition"]["overflow"] == "reject-publish"
+    # The poll order is the worker's business and does not depend on the queue type.
+    assert queues.group_poll_queues(groups[0])["order"] == ["jobs.high", "jobs.low", "jobs.high"]
+
+
+def test_extra_keys_win_but_may_not_silently_undo_at_least_once():
+    extra = {"message-ttl": 60000, "delivery-limit": 2}
+    policies = queues.rabbitmq_queue_policies([group("a")], 10, extra, "quorum")
+    assert policies[0]["definition"]["message-ttl"] == 60000
+    assert policies[0]["definition"]["delivery-limit"] == 2
+    with pytest.raises(ValueError, match="needs overflow reject-publish"):
+        queues.rabbitmq_queue_policies([group("a")], 10, {"overflow": "drop-head"}, "quorum")
+    at_most_once = {"overflow": "drop-head", "dead-letter-strategy": "at-most-once"}
+    definition = queues.rabbitmq_queue_policies([group("a")], 10, at_most_once, "quorum")[0]
+    assert definition["definition"]["overflow"] == "drop-head"
+    # Classic queues have no dead-letter strategy to protect.
+    classic = queues.rabbitmq_queue_policies([group("a")], 10, {"overflow": "drop-head"})
+    assert classic[0]["definition"]["overflow"] == "drop-head"
+
+
+def test_an_unknown_queue_type_is_refused():
+    with pytest.raises(ValueError, match="broker_queue_type must be one of classic, quorum"):
+        queues.rabbitmq_queue_policies([group("a")], 10, None, "stream")
+    with pytest.raises(ValueError, match="got 'lazy'"):
+        queues.rabbitmq_missing_queues(["a"], [], "lazy")
+
+
+limits_strategy = st.one_of(st.none(), st.integers(min_value=1, max_value=1000))
+groups_strategy = st.lists(
+    st.builds(
+        lambda name, queue, limit, levels: {
+            "name": name,
+            "command": "/bin/true",
+            **({"queue": queue} if queue else {}),
+            **({"delivery_limit": limit} if limit is not None else {}),
+            **({"priority_levels": levels} if levels else {}),
+        },
+        st.sampled_from(["a", "b", "c"]),
+        st.sampled_from([None, "shared"]),
+        limits_strategy,
+        st.one_of(st.none(), st.just({"high": 1, "low": 1})),
+    ),
+    min_size=1,
+    max_size=4,
+    unique_by=lambda g: g["name"],
+)
+
+
+@given(groups=groups_strategy, max_length=st.integers(0, 10**6), extra=st.sampled_from([None, {}]))
+def test_classic_policies_do_not_change_and_quorum_only_adds_keys(groups, max_length, extra):
+    classic = queues.rabbitmq_queue_policies(groups, max_length, extra)
+    assert classic == queues.rabbitmq_queue_policies(groups, max_length, extra, "classic")
+    quorum = queues.rabbitmq_queue_policies(groups, max_length, extra, "quorum")
+    assert [p["name"] for p in quorum] == [p["name"] for p in classic]
+    limits = queues.queue_delivery_limits(groups)
+    for before, after in zip(classic, quorum, strict=True):
+        assert after["pattern"] == before["pattern"]
+        if before["name"].endswith(".dead"):
+            assert after == before
+            continue
+        for key in ("delivery-limit", "dead-letter-strategy"):
+            assert key not in before["definition"]
+        queue = before["name"].removeprefix("brokerfleet-")
+        assert after["definition"] == {
+            **before["definition"],
+            "overflow": "reject-publish",
+            "dead-letter-strategy": "at-least-once",
+            "delivery-limit": limits[queue],
+        }
+        # The group's own limit, the default when unset, the smallest when groups share it.
+        assert limits[queue] == min(
+            g.get("delivery_limit") or queues.DEFAULT_DELIVERY_LIMIT
+            for g in groups
+            if queue in queues.consumed_queues(g)
+        )
+
+
+def test_quorum_policies_converge_once_applied():
+    wanted = queues.rabbitmq_queue_policies([group("a", delivery_limit=5)], 10, None, "quorum")
+    current = [as_listed(p) for p in wanted]
+    assert queues.rabbitmq_policy_changes(wanted, current) == {"apply": [], "remove": []}
+    # Switching a vhost's classic policies to quorum rewrites the work-queue policies only.
+    classic = [as_listed(p) for p in queues.rabbitmq_queue_policies([group("a")], 10)]
+    assert queues.rabbitmq_policy_changes(wanted, classic) == {"apply": [wanted[0]], "remove": []}
+
+
+def test_missing_queues_of_the_wanted_type():
+    current = [
+        {"name": "a", "durable": True, "type": "quorum"},
+        {"name": "a.dead", "durable": True, "type": "quorum"},
+    ]
+    assert queues.rabbitmq_missing_queues(["a", "a.dead", "b", "b.dead"], current, "quorum") == [
+        "b",
+        "b.dead",
+    ]
+
+
+def test_a_queue_of_another_type_is_refused_naming_it_and_what_to_do():
+    current = [
+        {"name": "a", "durable": True, "type": "classic"},
+        {"name": "a.dead", "durable": True, "type": "classic"},
+        {"name": "q", "durable": True, "type": "quorum"},
+        {"name": "s", "durable": True, "type": "stream"},
+    ]
+    with pytest.raises(ValueError) as refused:
+        queues.rabbitmq_missing_queues(["a", "a.dead", "b"], current, "quorum")
+    message = str(refused.value)
+    for expected in (
+        "queue 'a' exists as a classic queue but broker_queue_type is 'quorum'",
+        "queue 'a.dead' exists as a classic queue",
+        "RabbitMQ cannot change a queue's type",
+        "drain it and delete it, and the next run declares it as a quorum queue",
+        "or set broker_queue_type: classic to keep it",
+    ):
+        assert expected in message
+    assert "'b'" not in message
+    with pytest.raises(
+        ValueError, match="queue 'q' exists as a quorum queue but broker_queue_type"
+    ):
+        queues.rabbitmq_missing_queues(["q"], current, "classic")
+    with pytest.raises(ValueError, match="'s' exists as a stream queue") as stream:
+        queues.rabbitmq_missing_queues(["s"], current, "classic")
+    assert "set broker_queue_type" not in str(stream.value)  # stream is not a choice
+    # The non-durable refusal stands, for either type.
+    with pytest.raises(ValueError, match="'t' exists but is not durable"):
+        queues.rabbitmq_missing_queues(["t"], [{"name": "t", "durable": False}], "quorum")
+
+
+def test_a_queue_listed_without_a_type_is_classic():
+    current = [{"name": "a", "durable": True}]
+    assert queues.rabbitmq_missing_queues(["a", "b"], current, "classic") == ["b"]
+    with pytest.raises(ValueError, match="exists as a classic queue"):
+        queues.rabbitmq_missing_queues(["a"], current, "quorum")
+
+
+@given(
+    have=st.dictionaries(
+        st.sampled_from(["a", "a.dead", "b", "b.dead"]), st.sampled_from(["classic", "quorum"])
+    ),
+    wanted_type=st.sampled_from(["classic", "quorum"]),
+)
+def test_missing_queues_either_lists_the_absent_ones_or_names_every_mismatch(have, wanted_type):
+    wanted = ["a", "a.dead", "b", "b.dead"]
+    current = [{"name": n, "durable": True, "type": t} for n, t in have.items()]
+    mismatched = [n for n in wanted if n in have and have[n] != wanted_type]
+    if mismatched:
+        with pytest.raises(ValueError) as refused:
+            queues.rabbitmq_missing_queues(wanted, current, wanted_type)
+        for name in mismatched:
+            assert f"queue {name!r} exists as a {have[name]} queue" in str(refused.value)
+    else:
+        missing = queues.rabbitmq_missing_queues(wanted, current, wanted_type)
+        assert missing == [n for n in wanted if n not in have]
+
+
 def test_checked_queues_name_each_queue_its_group_and_dead_letter_queue():
     groups = [
         {"name": "imports", "queue": "wallabag.import"},

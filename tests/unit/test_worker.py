@@ -7,8 +7,10 @@ import os
 import random
 import re
 import signal
+import sys
 import threading
 import time
+import types
 
 import pytest
 from hypothesis import given
@@ -347,3 +349,86 @@ def test_publish_tries_every_node_before_it_gives_up(monkeypatch):
     with pytest.raises(SystemExit, match="no broker endpoint answered"):
         worker.connect_any(environment)
     assert sorted(tried) == ["amqp://a", "amqp://b"]
+
+
+# --- queues: the worker declares none -----------------------------------------------------------
+
+
+class RecordingChannel:
+    """A pika channel that records every call and refuses any declaration: quorum queues
+    (broker_queue_type quorum) refuse a redeclare without x-queue-type quorum, so the worker
+    must use the queues the rabbitmq role declared, never declare them itself."""
+
+    is_closed = False
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def __getattr__(self, name):
+        if "declare" in name:
+            raise AssertionError(f"the worker called {name}")
+
+        def call(*args, **kwargs):
+            self.calls.append(name)
+
+        return call
+
+
+class RecordingConnection:
+    is_open = True
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def channel(self):
+        return RecordingChannel(self.calls)
+
+    def process_data_events(self, time_limit=0):
+        self.calls.append("process_data_events")
+
+    def close(self):
+        self.calls.append("close")
+
+
+def fake_pika(calls):
+    exceptions = types.SimpleNamespace(
+        AMQPConnectionError=type("AMQPConnectionError", (Exception,), {}),
+        ChannelClosedByBroker=type("ChannelClosedByBroker", (Exception,), {}),
+        ChannelWrongStateError=type("ChannelWrongStateError", (Exception,), {}),
+    )
+    return types.SimpleNamespace(
+        exceptions=exceptions,
+        URLParameters=lambda url: url,
+        BlockingConnection=lambda parameters: RecordingConnection(calls),
+        BasicProperties=lambda **kwargs: kwargs,
+    )
+
+
+def test_the_worker_consumes_publishes_and_moves_without_declaring_a_queue(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setitem(sys.modules, "pika", fake_pika(calls))
+    broker = worker.AmqpBroker("amqp://mq")
+    broker.subscribe(["jobs.high", "jobs.low"], 2)
+    broker.wait(0)
+    broker.publish("jobs.high", [b'{"id": 1, "seconds": 0}'])
+    broker.ack(worker.Delivery("jobs.high", b"{}", 1))
+    broker.reject(worker.Delivery("jobs.high", b"x", 2))
+    broker.close()
+    environment = {
+        "BROKER_KIND": "rabbitmq",
+        "BROKER_URL": "amqp://mq",
+        "BROKER_QUEUE": "jobs",
+        "FLEET_POLL_ORDER": "jobs.high,jobs.low,jobs.high",
+    }
+    worker.publish(
+        types.SimpleNamespace(level="low", first_id=1, count=2, seconds=0.1), environment
+    )
+    moved = worker.move(
+        types.SimpleNamespace(source="low", target="high", scan=10, count=1, id=None),
+        environment,
+    )
+    assert moved == 1  # its exit status: nothing was waiting, so nothing moved
+    assert {"basic_qos", "basic_consume", "basic_publish", "basic_ack", "basic_reject"} <= set(
+        calls
+    )
+    assert not [name for name in calls if "declare" in name]
