@@ -13,7 +13,7 @@ import threading
 import pytest
 
 import brokerfleet_check as check
-from brokerfleet import hostfiles, sizing
+from brokerfleet import access, hostfiles, sizing
 
 # What the playbook's to_nice_json filter writes.
 NICE = {"indent": 4, "sort_keys": True, "ensure_ascii": False}
@@ -165,8 +165,7 @@ class ManagementApi(http.server.BaseHTTPRequestHandler):
 
 
 def test_the_checker_reaches_rabbitmq_as_the_role_told_it(tmp_path, monkeypatch):
-    server = http.server.HTTPServer(("127.0.0.1", 0), ManagementApi)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = serve({}, monkeypatch)
     broker = {
         "kind": "rabbitmq",
         **AWKWARD,
@@ -183,10 +182,16 @@ def test_the_checker_reaches_rabbitmq_as_the_role_told_it(tmp_path, monkeypatch)
     assert read == config
     assert read["queues"] == [{"name": "jobs", "group": "jobs", "dead": "jobs.dead"}]
     assert sample["queues"] == {}
-    credentials = f"{AWKWARD['user']}:{AWKWARD['password']}".encode()
-    login = "Basic " + base64.b64encode(credentials).decode()
-    paths = {path.split("?")[0] for path, auth in ManagementApi.requests if auth == login}
-    assert "/api/queues/%2F" in paths
+    # The check's own user (tagged monitoring, access.rabbitmq_users), never the shared one.
+    user, password = "app user-check", access.check_password(AWKWARD["password"], "app user")
+    assert (read["user"], read["password"]) == (user, password)
+    assert AWKWARD["password"] not in json.dumps(config, **NICE)
+    login = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    assert {auth for _, auth in ManagementApi.requests} == {login}
+    paths = {path.split("?")[0] for path, _ in ManagementApi.requests}
+    assert {"/api/queues/%2F", "/api/nodes"} <= paths
+    checker = {entry["user"]: entry for entry in access.rabbitmq_users([], "app user", "x")}
+    assert checker[user]["tags"] == ["monitoring"]
 
 
 def serve(answers, monkeypatch):
