@@ -1,6 +1,7 @@
-"""Who may do what on the broker: the shared application user, and a user of its own for each
+"""Who may do what on the broker: the shared application user, a user of its own for each
 worker group that names one (``broker_user`` in the group), whose permissions cover only that
-group's queues, so one group's code cannot read, purge or redeclare another group's jobs.
+group's queues, so one group's code cannot read, purge or redeclare another group's jobs, and on
+RabbitMQ the broker check's own user (check_user), which may look but not touch.
 
 Plain Python, no Ansible import (see plugins/filter/fleet.py).
 """
@@ -21,6 +22,15 @@ SHARED_USER_TAGS = ["management"]
 # Publishing through the default exchange needs write on it. Workers often queue follow-up jobs
 # for another group, as any AMQP client may; reading another group's queue is what is refused.
 DEFAULT_EXCHANGE = "amq.default"
+# brokerfleet-check's user on RabbitMQ. /api/nodes (the cluster's nodes) answers only users tagged
+# monitoring, a tag that would show the shared user, and so every worker, every vhost's queues,
+# connections and statistics: the check logs in as a user of its own instead. A tag alone does
+# not open a vhost's queue list (/api/queues/<vhost>, rabbit_mgmt_util:is_authorized_vhost
+# wants a permission entry on the vhost, for every tag but administrator), so it holds one that
+# matches nothing: it can list, not declare, publish nor consume.
+CHECK_USER_SUFFIX = "-check"
+CHECK_USER_TAGS = ["monitoring"]
+NO_RESOURCE = "^$"
 
 
 # ActiveMQ grants rights to groups of users: the shared user's, and one per group user.
@@ -37,6 +47,26 @@ def derived_password(broker_password, purpose) -> str:
 def group_password(broker_password, user) -> str:
     """The password of a group's own broker user."""
     return derived_password(broker_password, f"group user {user}")
+
+
+def check_user(shared_user) -> str:
+    """The name of brokerfleet-check's own RabbitMQ user: ``<broker_user>-check``, so two fleets
+    sharing a broker under different broker users do not fight over it. inputs.py refuses a
+    group broker_user of this name."""
+    return f"{shared_user}{CHECK_USER_SUFFIX}"
+
+
+def check_password(broker_password, shared_user) -> str:
+    """The password of brokerfleet-check's own RabbitMQ user."""
+    return derived_password(broker_password, f"check user {check_user(shared_user)}")
+
+
+def check_credentials(kind_name: str, broker: dict) -> tuple[str, str]:
+    """(user, password) brokerfleet-check logs in to the broker with: on RabbitMQ its own user
+    (check_user), on ActiveMQ the shared one, as before."""
+    if kind_name == "rabbitmq":
+        return check_user(broker["user"]), check_password(broker["password"], broker["user"])
+    return str(broker["user"]), str(broker["password"])
 
 
 def jmx_password(broker_password) -> str:
@@ -67,9 +97,9 @@ def own_users(groups) -> list[tuple[dict, str]]:
 
 
 def rabbitmq_users(groups, shared_user, password) -> list[dict]:
-    """Every application user the broker needs: the shared one (``broker_user``, all rights on
-    the vhost) and one per group that names its own. Each is {user, password, tags, configure,
-    write, read}."""
+    """Every user the broker needs: the shared one (``broker_user``, all rights on the vhost),
+    brokerfleet-check's (check_user: tagged monitoring, no rights on any resource) and one per
+    group that names its own. Each is {user, password, tags, configure, write, read}."""
     users = [
         {
             "user": str(shared_user),
@@ -78,7 +108,15 @@ def rabbitmq_users(groups, shared_user, password) -> list[dict]:
             "configure": ".*",
             "write": ".*",
             "read": ".*",
-        }
+        },
+        {
+            "user": check_user(shared_user),
+            "password": check_password(password, shared_user),
+            "tags": CHECK_USER_TAGS,
+            "configure": NO_RESOURCE,
+            "write": NO_RESOURCE,
+            "read": NO_RESOURCE,
+        },
     ]
     for group, user in own_users(groups):
         own = own_queues_pattern(group)
@@ -98,7 +136,8 @@ def rabbitmq_users(groups, shared_user, password) -> list[dict]:
 def rabbitmq_access_changes(wanted, users, permissions) -> dict:
     """What to change so the broker holds the ``wanted`` users (rabbitmq_users): ``tags`` and
     ``permissions`` to set (missing or different), and ``remove``: the guest user and group
-    users no group names any more. ``users`` and ``permissions`` are ``rabbitmqctl list_users``
+    users no group names any more (only those carry GROUP_USER_TAG: the shared and the check
+    user are never removed here). ``users`` and ``permissions`` are ``rabbitmqctl list_users``
     and ``list_permissions -p <vhost>``, as JSON. Passwords are not here: the role checks each
     one through rabbitmqctl's standard input."""
     tags = {user["user"]: sorted(_tags(user.get("tags"))) for user in users}

@@ -20,7 +20,7 @@ import hashlib
 import json
 import shlex
 
-from . import brokers, inputs, queues, sizing
+from . import access, brokers, inputs, queues, sizing
 
 FLEET_FORMAT = 1
 CHECKS_FORMAT = 1
@@ -113,15 +113,18 @@ def checks_settings(
 def broker_config(groups, broker: dict) -> dict:
     """How brokerfleet-check reaches this host's broker, and which queues it watches (each
     consumed queue, its group and its dead-letter queue). ``broker`` holds kind, user, password
-    and what the kind's ``check_access`` needs (plugins/module_utils/brokers.py). Root's only
+    and what the kind's ``check_access`` needs (plugins/module_utils/brokers.py); ``user`` and
+    ``password`` are broker_user's and broker_password. On RabbitMQ the check logs in as its own
+    user, made from them (access.check_credentials); on ActiveMQ as broker_user. Root's only
     (0600): it holds the password."""
     kind = brokers.kind(broker["kind"])
+    user, password = access.check_credentials(kind.name, broker)
     return {
         "format": BROKER_FORMAT,
         "kind": kind.name,
         **kind.check_access(broker),
-        "user": str(broker["user"]),
-        "password": str(broker["password"]),
+        "user": user,
+        "password": password,
         "queues": queues.checked_queues(groups, kind.name),
     }
 

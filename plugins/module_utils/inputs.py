@@ -23,7 +23,7 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import activemq, brokers, queues
+from . import access, activemq, brokers, queues
 
 # Defaults of the worker-group contract (README "Worker group contract").
 GROUP_DEFAULTS = {
@@ -535,12 +535,13 @@ def group_errors(
 
     An empty list means the groups are valid on ``broker_kind``. ``allow_root``
     (fleet_allow_root_workers) lets a group run as root. ``shared_user`` is broker_user: no
-    group may name it as its own.
+    group may name it, nor the broker check's user made from it (access.check_user), as its own.
     """
     if not isinstance(groups, list):
         return [f"worker_groups must be a list of groups, got {type(groups).__name__}"]
     errors = []
     seen, broker_users = set(), set()
+    taken = (shared_user, access.check_user(shared_user)) if isinstance(shared_user, str) else ()
     for index, group in enumerate(groups):
         if not isinstance(group, dict):
             errors.append(f"worker_groups[{index}] must be a mapping, got {group!r}")
@@ -554,10 +555,11 @@ def group_errors(
             seen.add(name)
         own_user = group.get("broker_user")
         if isinstance(own_user, str):
-            if own_user in (shared_user, *broker_users):
+            if own_user in (*taken, *broker_users):
                 errors.append(
-                    f"{where}: broker_user {own_user!r} is the shared broker_user or another "
-                    "group's: each group's own broker user must be its alone"
+                    f"{where}: broker_user {own_user!r} is the shared broker_user, the broker "
+                    "check's user (broker_user followed by -check) or another group's: each "
+                    "group's own broker user must be its alone"
                 )
             broker_users.add(own_user)
     errors.extend(_queue_errors(groups, broker_kind))

@@ -43,6 +43,39 @@ def test_group_passwords_are_derived_from_the_secret_and_differ_per_user():
     assert importer["tags"] == [access.GROUP_USER_TAG]
 
 
+def test_the_check_user_is_tagged_monitoring_and_may_touch_nothing():
+    check = users()["brokerfleet-check"]
+    assert access.check_user("brokerfleet") == "brokerfleet-check"
+    assert check["tags"] == ["monitoring"]
+    # A permission entry on the vhost (the management API lists its queues to no one without
+    # one) that matches no queue or exchange: the default one is amq.default to RabbitMQ.
+    for right in ("configure", "write", "read"):
+        assert check[right] == "^$"
+        for resource in ("imports", "imports.dead", "mail.out", "amq.default", "amq.gen-x"):
+            assert not re.fullmatch(check[right], resource), (right, resource)
+    assert [user["user"] for user in access.rabbitmq_users([], "bf", "s3cret")] == [
+        "bf",
+        "bf-check",
+    ]
+
+
+def test_the_check_password_is_derived_from_the_secret_and_no_other_users():
+    check = users()["brokerfleet-check"]
+    assert check["password"] == access.check_password("s3cret", "brokerfleet")
+    assert check["password"] not in {"s3cret", access.group_password("s3cret", "brokerfleet-check")}
+    assert access.check_password("rotated", "brokerfleet") != check["password"]
+    assert access.check_password("s3cret", "other") != check["password"]
+    others = {user["password"] for name, user in users().items() if name != "brokerfleet-check"}
+    assert check["password"] not in others
+
+
+def test_the_check_logs_in_as_its_own_user_on_rabbitmq_only():
+    broker = {"user": "brokerfleet", "password": "s3cret"}
+    secret = access.check_password("s3cret", "brokerfleet")
+    assert access.check_credentials("rabbitmq", broker) == ("brokerfleet-check", secret)
+    assert access.check_credentials("activemq", broker) == ("brokerfleet", "s3cret")
+
+
 def test_workers_of_a_group_with_its_own_user_log_in_as_it():
     plan = sizing.fleet_plan(GROUPS, 3)
     broker = {
@@ -61,9 +94,16 @@ def test_workers_of_a_group_with_its_own_user_log_in_as_it():
 
 def test_changes_write_only_differences_and_remove_guest_and_stale_group_users():
     wanted = access.rabbitmq_access_changes(list(users().values()), [], [])
-    assert {c["user"] for c in wanted["permissions"]} == {"brokerfleet", "importer", "mailer"}
+    assert {c["user"] for c in wanted["permissions"]} == {
+        "brokerfleet",
+        "brokerfleet-check",
+        "importer",
+        "mailer",
+    }
+    assert {"user": "brokerfleet-check", "tags": ["monitoring"]} in wanted["tags"]
     listed_users = [
         {"user": "brokerfleet", "tags": ["management"]},
+        {"user": "brokerfleet-check", "tags": ["monitoring"]},
         {"user": "importer", "tags": [access.GROUP_USER_TAG]},
         {"user": "mailer", "tags": []},
         {"user": "guest", "tags": ["administrator"]},
@@ -77,8 +117,37 @@ def test_changes_write_only_differences_and_remove_guest_and_stale_group_users()
     changes = access.rabbitmq_access_changes(list(users().values()), listed_users, listed_rights)
     assert changes["tags"] == [{"user": "mailer", "tags": [access.GROUP_USER_TAG]}]
     assert changes["permissions"] == []
-    # Users the bundle did not make are left alone, guest excepted.
+    # Users the bundle did not make are left alone, guest excepted; the check user stays.
     assert sorted(changes["remove"]) == ["guest", "oldgroup"]
+
+
+def test_the_check_user_is_retagged_and_repermitted_but_never_removed():
+    wanted = list(users().values())
+    listed_users = [
+        {"user": "brokerfleet", "tags": ["management"]},
+        {"user": "brokerfleet-check", "tags": ["management"]},  # changed by hand
+        {"user": "importer", "tags": [access.GROUP_USER_TAG]},
+        {"user": "mailer", "tags": [access.GROUP_USER_TAG]},
+    ]
+    listed_rights = [
+        {key: user[key] for key in ("user", "configure", "write", "read")}
+        for user in wanted
+        if user["user"] != "brokerfleet-check"
+    ] + [{"user": "brokerfleet-check", "configure": ".*", "write": ".*", "read": ".*"}]
+    changes = access.rabbitmq_access_changes(wanted, listed_users, listed_rights)
+    assert changes == {
+        "tags": [{"user": "brokerfleet-check", "tags": ["monitoring"]}],
+        "permissions": [
+            {"user": "brokerfleet-check", "configure": "^$", "write": "^$", "read": "^$"}
+        ],
+        "remove": [],
+    }
+    # Nor when no group is configured any more.
+    alone = access.rabbitmq_users([], "brokerfleet", "s3cret")
+    assert access.rabbitmq_access_changes(alone, listed_users, [])["remove"] == [
+        "importer",
+        "mailer",
+    ]
 
 
 def test_tags_listed_as_a_string_are_read_too():

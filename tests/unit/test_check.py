@@ -204,6 +204,168 @@ def test_the_status_text_shows_each_queue_with_its_rates_and_drain_time():
     assert report.data["broker"]["queues"]["imports"]["drain_seconds"] == 1004 / 3
 
 
+# --- a RabbitMQ cluster: nodes and quorum queues ----------------------------------------------
+
+NODES = ["rabbit@mq1", "rabbit@mq2", "rabbit@mq3"]
+
+
+def node(name, running=True, alarms=(), partitions=(), drained=False):
+    return {
+        "name": name,
+        "running": running,
+        "alarms": list(alarms),
+        "partitions": list(partitions),
+        "drained": drained,
+    }
+
+
+def cluster(*changed):
+    """Three nodes, all running, but for the ``changed`` ones (by name)."""
+    by_name = {n["name"]: n for n in changed}
+    return [by_name.get(name, node(name)) for name in NODES]
+
+
+def quorum(online=NODES, leader="rabbit@mq1", **counts):
+    return {
+        **queue(**counts),
+        "type": "quorum",
+        "members": list(NODES),
+        "online": list(online),
+        "leader": leader,
+    }
+
+
+def clustered(nodes, alarms=(), **queues):
+    return {**sample(alarms=alarms, **queues), "nodes": nodes}
+
+
+def test_a_healthy_cluster_and_a_single_node_have_no_problems():
+    assert check.node_problems(cluster()) == []
+    assert check.node_problems([node("rabbit@mq1")]) == []
+    assert check.node_problems(None) == []  # not visible to the check's user
+    found = check.broker_problems(clustered(cluster(), imports=quorum()), QUEUES[:1])
+    assert found == []
+
+
+def test_one_node_down_is_a_warning_while_a_majority_runs():
+    assert check.node_problems(cluster(node("rabbit@mq3", running=False))) == [
+        (check.WARNING, "rabbit@mq3 not running: 2 of 3 nodes running")
+    ]
+
+
+def test_a_majority_down_is_critical():
+    down = cluster(node("rabbit@mq2", running=False), node("rabbit@mq3", running=False))
+    [(code, message)] = check.node_problems(down)
+    assert code == check.CRITICAL
+    assert message.startswith("rabbit@mq2, rabbit@mq3 not running: 1 of 3 nodes running")
+    assert "below a majority" in message
+    # Two nodes of two is no majority to lose: one down is already half.
+    [(code, _)] = check.node_problems([node("rabbit@mq1"), node("rabbit@mq2", running=False)])
+    assert code == check.CRITICAL
+
+
+def test_a_partition_is_critical():
+    split = cluster(node("rabbit@mq1", partitions=["rabbit@mq3"]))
+    assert check.node_problems(split) == [
+        (check.CRITICAL, "network partition: rabbit@mq1 cannot see rabbit@mq3")
+    ]
+
+
+def test_a_node_alarm_names_the_node_and_the_resource_once():
+    nodes = cluster(node("rabbit@mq2", alarms=["memory", "disk space"]))
+    said = (check.CRITICAL, "memory alarm on rabbit@mq2: publishers are blocked")
+    # The health check (cluster-wide) named the memory alarm; /api/nodes adds the disk one.
+    assert check.broker_problems(clustered(nodes, alarms=[said]), []) == [
+        said,
+        (check.CRITICAL, "disk space alarm on rabbit@mq2: publishers are blocked"),
+    ]
+
+
+def test_a_drained_node_is_a_warning():
+    [(code, message)] = check.node_problems(cluster(node("rabbit@mq2", drained=True)))
+    assert code == check.WARNING and message.startswith("rabbit@mq2 is drained")
+
+
+def test_quorum_queue_replicas_all_online_one_missing_and_below_quorum():
+    assert check.replica_problems("imports", quorum()) == []
+    assert check.replica_problems("imports", quorum(online=NODES[:2])) == [
+        (check.WARNING, "queue imports: 2 of 3 replicas online")
+    ]
+    assert check.replica_problems("imports", quorum(online=NODES[:1], leader=None)) == [
+        (
+            check.CRITICAL,
+            "queue imports has 1 of 3 replicas online: below quorum, it cannot take or "
+            "deliver messages",
+        )
+    ]
+    # Classic queues, and quorum queues whose leader reported nothing, are left alone.
+    assert check.replica_problems("imports", queue()) == []
+    assert check.replica_problems("imports", {**quorum(), "online": None}) == []
+
+
+def test_the_broker_check_looks_at_the_replicas_of_worker_and_dead_letter_queues():
+    found = check.broker_problems(
+        clustered(
+            cluster(node("rabbit@mq3", running=False)),
+            imports=quorum(online=NODES[:2]),
+            **{"imports.dead": quorum(online=NODES[:1])},
+        ),
+        QUEUES[:1],
+    )
+    assert [code for code, _ in found] == [check.WARNING, check.WARNING, check.CRITICAL]
+    assert found[1][1] == "queue imports: 2 of 3 replicas online"
+    assert found[2][1].startswith("queue imports.dead has 1 of 3 replicas online")
+
+
+def test_the_status_text_and_json_show_the_cluster():
+    report = check.Report("status")
+    config = {"kind": "rabbitmq", "queues": QUEUES[:1]}
+    nodes = cluster(node("rabbit@mq2", alarms=["memory"]), node("rabbit@mq3", running=False))
+    now = clustered(nodes, imports=quorum(online=NODES[:2], leader="rabbit@mq2"))
+    check.describe_broker(report, config, now, None)
+    lines = report.text().splitlines()
+    assert lines[0] == "brokerfleet status CRITICAL"
+    start = lines.index("  cluster: 2 of 3 nodes running")
+    assert [line.split(None, 1) for line in lines[start + 1 : start + 4]] == [
+        ["rabbit@mq1", "running"],
+        ["rabbit@mq2", "running, memory alarm"],
+        ["rabbit@mq3", "NOT RUNNING"],
+    ]
+    assert lines[start + 5].split() == ["imports", "rabbit@mq2", "2/3"]
+    data = json.loads(json.dumps(report.data))
+    assert data["broker"]["nodes"] == nodes
+    assert data["broker"]["queues"]["imports"]["members"] == NODES
+    assert data["broker"]["queues"]["imports"]["online"] == NODES[:2]
+    assert data["broker"]["queues"]["imports"]["leader"] == "rabbit@mq2"
+    prometheus = report.prometheus().splitlines()
+    assert "brokerfleet_broker_nodes 3" in prometheus
+    assert "brokerfleet_broker_nodes_running 2" in prometheus
+
+
+def test_a_single_node_status_has_no_cluster_section():
+    config = {"kind": "rabbitmq", "queues": QUEUES[:1]}
+    single = {**quorum(), "members": NODES[:1], "online": NODES[:1]}
+    for nodes in ([node("rabbit@mq1")], None):
+        report = check.Report("status")
+        check.describe_broker(report, config, clustered(nodes, imports=single), None)
+        assert len(report.text().splitlines()) == 4  # status, kind, header, imports
+        assert "cluster" not in report.text()
+
+
+def test_a_cluster_whose_nodes_are_not_visible_says_so():
+    report = check.Report("status")
+    config = {"kind": "rabbitmq", "queues": QUEUES[:1]}
+    check.describe_broker(report, config, clustered(None, imports=quorum()), None)
+    lines = report.text().splitlines()
+    assert "  cluster nodes unknown: /api/nodes wants a user tagged monitoring" in lines
+    assert lines[-1].split() == ["imports", "rabbit@mq1", "3/3"]
+
+
+def test_status_can_leave_the_broker_out():
+    assert check.arguments(["status", "--no-broker"]).no_broker
+    assert not check.arguments(["status"]).no_broker
+
+
 # --- autoscale ------------------------------------------------------------------------------
 
 FLEET = [  # a budget of 8, every group rendered with 8 slots

@@ -13,7 +13,7 @@ import threading
 import pytest
 
 import brokerfleet_check as check
-from brokerfleet import hostfiles, sizing
+from brokerfleet import access, hostfiles, sizing
 
 # What the playbook's to_nice_json filter writes.
 NICE = {"indent": 4, "sort_keys": True, "ensure_ascii": False}
@@ -145,12 +145,16 @@ class ManagementApi(http.server.BaseHTTPRequestHandler):
     """Answers the management API paths brokerfleet-check asks, and records the requests."""
 
     requests = []
+    # {path without its query: (HTTP status, body)}, set by a test; otherwise no queues, and
+    # {"status": "ok"} from every other path (/api/nodes included: a user it refuses is 401).
+    answers = {}
 
     def do_GET(self):  # noqa: N802 - http.server's name
         self.requests.append((self.path, self.headers["Authorization"]))
         body = [] if self.path.startswith("/api/queues/") else {"status": "ok"}
+        code, body = self.answers.get(self.path.split("?")[0], (200, body))
         data = json.dumps(body).encode()
-        self.send_response(200)
+        self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -161,8 +165,7 @@ class ManagementApi(http.server.BaseHTTPRequestHandler):
 
 
 def test_the_checker_reaches_rabbitmq_as_the_role_told_it(tmp_path, monkeypatch):
-    server = http.server.HTTPServer(("127.0.0.1", 0), ManagementApi)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = serve({}, monkeypatch)
     broker = {
         "kind": "rabbitmq",
         **AWKWARD,
@@ -179,10 +182,136 @@ def test_the_checker_reaches_rabbitmq_as_the_role_told_it(tmp_path, monkeypatch)
     assert read == config
     assert read["queues"] == [{"name": "jobs", "group": "jobs", "dead": "jobs.dead"}]
     assert sample["queues"] == {}
-    credentials = f"{AWKWARD['user']}:{AWKWARD['password']}".encode()
-    login = "Basic " + base64.b64encode(credentials).decode()
-    paths = {path.split("?")[0] for path, auth in ManagementApi.requests if auth == login}
-    assert "/api/queues/%2F" in paths
+    # The check's own user (tagged monitoring, access.rabbitmq_users), never the shared one.
+    user, password = "app user-check", access.check_password(AWKWARD["password"], "app user")
+    assert (read["user"], read["password"]) == (user, password)
+    assert AWKWARD["password"] not in json.dumps(config, **NICE)
+    login = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    assert {auth for _, auth in ManagementApi.requests} == {login}
+    paths = {path.split("?")[0] for path, _ in ManagementApi.requests}
+    assert {"/api/queues/%2F", "/api/nodes"} <= paths
+    checker = {entry["user"]: entry for entry in access.rabbitmq_users([], "app user", "x")}
+    assert checker[user]["tags"] == ["monitoring"]
+
+
+def serve(answers, monkeypatch):
+    """A management API on loopback giving ``answers``; its URL."""
+    monkeypatch.setattr(ManagementApi, "answers", answers)
+    monkeypatch.setattr(ManagementApi, "requests", [])
+    server = http.server.HTTPServer(("127.0.0.1", 0), ManagementApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+# As RabbitMQ 3.10 answers (shortened to the columns asked): mq3 is down, mq1 is short of
+# memory, and the imports queue has lost its replica on mq3.
+NODES_ANSWER = [
+    {
+        "name": "rabbit@mq1",
+        "running": True,
+        "mem_alarm": True,
+        "disk_free_alarm": False,
+        "partitions": [],
+        "being_drained": False,
+    },
+    {
+        "name": "rabbit@mq2",
+        "running": True,
+        "mem_alarm": False,
+        "disk_free_alarm": False,
+        "partitions": [],
+        "being_drained": False,
+    },
+    {"name": "rabbit@mq3", "running": False},  # a node down reports little more
+]
+MEMBERS = ["rabbit@mq1", "rabbit@mq2", "rabbit@mq3"]
+QUEUES_ANSWER = [
+    {
+        "name": "jobs",
+        "messages_ready": 4,
+        "messages_unacknowledged": 1,
+        "consumers": 2,
+        "message_stats": {"publish": 10, "ack": 5},
+        "type": "quorum",
+        "members": MEMBERS,
+        "online": MEMBERS[:2],
+        "leader": "rabbit@mq2",
+    },
+    {"name": "jobs.dead", "messages_ready": 0, "type": "quorum", "members": MEMBERS},
+]
+ALARMS_ANSWER = {
+    "status": "failed",
+    "reason": "There are alarms in effect in the cluster",
+    "alarms": [{"resource": "memory", "node": "rabbit@mq1"}],
+}
+
+
+def test_the_checker_reads_a_clusters_nodes_and_replicas(monkeypatch):
+    server = serve(
+        {
+            "/api/nodes": (200, NODES_ANSWER),
+            "/api/queues/%2F": (200, QUEUES_ANSWER),
+            "/api/health/checks/alarms": (503, ALARMS_ANSWER),
+        },
+        monkeypatch,
+    )
+    config = {"url": f"http://127.0.0.1:{server.server_port}", "vhost": "/", **AWKWARD}
+    try:
+        sample = check.rabbitmq_sample(config)
+    finally:
+        server.shutdown()
+    asked = dict(path.split("?") for path, _ in ManagementApi.requests if "?" in path)
+    assert set(asked["/api/nodes"].removeprefix("columns=").split(",")) >= {
+        "name",
+        "running",
+        "mem_alarm",
+        "disk_free_alarm",
+        "partitions",
+    }
+    assert {"type", "members", "online", "leader"} <= set(asked["/api/queues/%2F"].split(","))
+    assert sample["nodes"] == [
+        {
+            "name": "rabbit@mq1",
+            "running": True,
+            "alarms": ["memory"],
+            "partitions": [],
+            "drained": False,
+        },
+        {"name": "rabbit@mq2", "running": True, "alarms": [], "partitions": [], "drained": False},
+        {"name": "rabbit@mq3", "running": False, "alarms": [], "partitions": [], "drained": False},
+    ]
+    assert sample["queues"]["jobs"] == {
+        "ready": 4,
+        "unacked": 1,
+        "consumers": 2,
+        "published": 10,
+        "acked": 5,
+        "type": "quorum",
+        "members": MEMBERS,
+        "online": MEMBERS[:2],
+        "leader": "rabbit@mq2",
+    }
+    problems = check.broker_problems(
+        {"time": 0, **sample}, [{"name": "jobs", "group": "jobs", "dead": "jobs.dead"}]
+    )
+    # The memory alarm once (the health check's and the node's are the same), the node down,
+    # the replica lost; jobs.dead's leader reported no replicas online: left alone.
+    assert problems == [
+        (check.CRITICAL, "memory alarm on rabbit@mq1: publishers are blocked"),
+        (check.WARNING, "rabbit@mq3 not running: 2 of 3 nodes running"),
+        (check.WARNING, "queue jobs: 2 of 3 replicas online"),
+    ]
+
+
+def test_nodes_the_user_may_not_see_are_unknown_not_an_error(monkeypatch):
+    refused = {"error": "not_authorised", "reason": "Not monitor user"}
+    server = serve({"/api/nodes": (401, refused)}, monkeypatch)
+    config = {"url": f"http://127.0.0.1:{server.server_port}", "vhost": "/", **AWKWARD}
+    try:
+        sample = check.rabbitmq_sample(config)
+    finally:
+        server.shutdown()
+    assert sample["nodes"] is None and sample["alarms"] == []
 
 
 def test_the_checker_logs_in_to_activemq_as_the_role_told_it(tmp_path, monkeypatch):

@@ -577,7 +577,10 @@ def test_a_group_may_name_its_own_broker_user(kind):
         ([group("a", broker_user="x,y")], "activemq", "broker_user must match"),
         ([group("a", broker_user="bad user")], "rabbitmq", "broker_user must match"),
         ([group("a", broker_user="x\n")], "rabbitmq", "broker_user must match"),
-        ([group("a", broker_user="bf")], "rabbitmq", "is the shared broker_user or another"),
+        ([group("a", broker_user="bf")], "rabbitmq", "is the shared broker_user, the broker"),
+        # The broker check's own user (access.check_user), on either kind.
+        ([group("a", broker_user="bf-check")], "rabbitmq", "'bf-check' is the shared"),
+        ([group("a", broker_user="bf-check")], "activemq", "'bf-check' is the shared"),
         (
             [group("a", broker_user="x"), group("b", broker_user="x")],
             "rabbitmq",

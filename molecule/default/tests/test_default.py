@@ -37,8 +37,13 @@ def test_broker_runs_with_the_watermark_computed_from_host_ram(broker):
 
 def test_guest_is_gone_and_only_the_application_users_exist(broker):
     users = {u["user"]: u["tags"] for u in rabbitmqctl(broker, "list_users")}
-    # The shared user, and the user of its own that group awkward names (molecule.yml).
-    assert users == {"brokerfleet": ["management"], "tenant-mq": ["brokerfleet-group"]}
+    # The shared user, the broker check's, and the user of its own that group awkward names
+    # (molecule.yml).
+    assert users == {
+        "brokerfleet": ["management"],
+        "brokerfleet-check": ["monitoring"],
+        "tenant-mq": ["brokerfleet-group"],
+    }
 
 
 def test_management_listens_on_loopback_only(broker):

@@ -216,8 +216,13 @@ def test_the_password_never_shows_on_a_command_line_while_it_changes(broker, wor
     finally:
         for host in (broker, worker):
             host.run("pkill -f 'cmdline'")
-    # Neither the password nor the one derived from it for group awkward's broker user.
-    secrets = [new_password, access.group_password(new_password, "tenant-mq")]
+    # Neither the password nor those derived from it for group awkward's broker user and for
+    # the broker check's.
+    secrets = [
+        new_password,
+        access.group_password(new_password, "tenant-mq"),
+        access.check_password(new_password, "brokerfleet"),
+    ]
     for host in (broker, worker):
         recorded = host.check_output(f"wc -l < {log}")
         assert int(recorded) > 1000, recorded  # the sampler ran throughout

@@ -19,12 +19,17 @@ running.
 
 broker: reads /etc/brokerfleet/broker.json (written by the broker role). RabbitMQ, through the
 management API on loopback: memory and disk alarms, virtual hosts running, per queue ready,
-unacked and consumers. ActiveMQ, through its statistics plugin over STOMP on this host: memory,
-store and temp usage against their limits, and the same per queue. A worker queue with jobs
-waiting and no consumer is CRITICAL; failed jobs in a dead-letter queue are a WARNING.
+unacked and consumers; in a cluster, each node (running, alarms, partitions, drained) and each
+quorum queue's replicas online. ActiveMQ, through its statistics plugin over STOMP on this
+host: memory, store and temp usage against their limits, and the same per queue. A worker
+queue with jobs waiting and no consumer is CRITICAL; failed jobs in a dead-letter queue are a
+WARNING. A node down is a WARNING while a majority of the nodes runs, else CRITICAL; a
+partition is CRITICAL; a quorum queue below a majority of its replicas online is CRITICAL, one
+missing a replica a WARNING.
 
-status: per queue ready, unacked, consumers, in and out rates and the time to drain it; the
-load per CPU and the workers running against those expected.
+status: per queue ready, unacked, consumers, in and out rates and the time to drain it; in a
+cluster, each node and each quorum queue's leader and replicas online; the load per CPU and
+the workers running against those expected. --no-broker leaves the broker out.
 
 Every action and problem goes to syslog and /var/log/brokerfleet/check.log. Exit codes follow
 the Nagios convention: 0 OK, 1 WARNING (something was repaired or shed, or needs a look),
@@ -228,6 +233,7 @@ def broker_problems(sample, queues):
     """[(code, message)] for a broker ``sample`` and the worker ``queues`` it must serve:
     [{"name", "group", "dead"}], ``dead`` being the queue's dead-letter queue."""
     problems = list(sample["alarms"])
+    problems += node_problems(sample.get("nodes"), problems)
     for queue in queues:
         seen = sample["queues"].get(queue["name"])
         if seen is None:
@@ -240,11 +246,95 @@ def broker_problems(sample, queues):
                     f"(workers of group {queue['group']} down or shed)",
                 )
             )
+        problems += replica_problems(queue["name"], seen)
         dead = sample["queues"].get(queue["dead"])
+        problems += replica_problems(queue["dead"], dead)
         if dead and dead["ready"] + dead["unacked"]:
             failed = dead["ready"] + dead["unacked"]
             problems.append((WARNING, f"queue {queue['dead']}: {failed} failed jobs to look at"))
     return problems
+
+
+def alarm_message(resource, node):
+    """How a resource alarm reads, whichever answer of the management API it came from."""
+    return f"{resource} alarm on {node}: publishers are blocked"
+
+
+def majority(count):
+    """The least number out of ``count`` that is more than half: what a Raft group (a quorum
+    queue) or the cluster needs to carry on."""
+    return count // 2 + 1
+
+
+def node_problems(nodes, reported=()):
+    """[(code, message)] for the cluster's ``nodes`` as a broker host sees them (rabbitmq_sample:
+    [{"name", "running", "alarms", "partitions", "drained"}]), or [] when they are unknown.
+
+    A node not running is a WARNING while a majority of the nodes runs, CRITICAL once it does
+    not (quorum queues then stop). A partition (a node that cannot see another) is CRITICAL.
+    A node's alarm is CRITICAL, unless ``reported`` (the health check's) already names it. A
+    drained node (maintenance mode) is a WARNING: it takes no clients and leads no queue.
+    """
+    if not nodes:
+        return []
+    problems = []
+    said = {message for _, message in reported}
+    down = [node["name"] for node in nodes if not node["running"]]
+    running = len(nodes) - len(down)
+    if down:
+        message = f"{', '.join(down)} not running: {running} of {len(nodes)} nodes running"
+        if running < majority(len(nodes)):
+            problems.append(
+                (CRITICAL, f"{message}, below a majority: quorum queues cannot take or deliver")
+            )
+        else:
+            problems.append((WARNING, message))
+    for node in nodes:
+        for resource in node["alarms"]:
+            if alarm_message(resource, node["name"]) not in said:
+                problems.append((CRITICAL, alarm_message(resource, node["name"])))
+        if node["partitions"]:
+            problems.append(
+                (
+                    CRITICAL,
+                    f"network partition: {node['name']} cannot see "
+                    + ", ".join(node["partitions"]),
+                )
+            )
+        if node.get("drained"):
+            problems.append(
+                (
+                    WARNING,
+                    f"{node['name']} is drained (maintenance mode): it takes no clients and "
+                    "leads no queue until `rabbitmq-upgrade revive` on it",
+                )
+            )
+    return problems
+
+
+def replica_problems(name, queue):
+    """[(code, message)] for a quorum queue whose replicas are not all online: CRITICAL below a
+    majority of its members (no leader can be elected), a WARNING above. [] for any other
+    queue, or one whose replicas the broker did not report: its leader reports them (with
+    its statistics), and there is none while one is elected; node_problems() then still sees
+    the nodes that are down."""
+    if not queue or queue.get("type") != "quorum":
+        return []
+    if not queue.get("members") or queue.get("online") is None:
+        return []
+    members = len(queue["members"])
+    online = len(set(queue["online"]) & set(queue["members"]))
+    if online < majority(members):
+        return [
+            (
+                CRITICAL,
+                f"queue {name} has {online} of {members} replicas online: below quorum, it "
+                "cannot take or deliver messages",
+            )
+        ]
+    if online < members:
+        return [(WARNING, f"queue {name}: {online} of {members} replicas online")]
+    return []
 
 
 def queue_rates(previous, current):
@@ -584,19 +674,61 @@ def http_json(config, path):
         return error.code, json.load(error)
 
 
+# The node's state /api/nodes gives (3.10): partitions lists the nodes it cannot see;
+# being_drained is there from 3.8 (maintenance mode).
+NODE_COLUMNS = "name,running,mem_alarm,disk_free_alarm,partitions,being_drained"
+# What a quorum queue adds: its replicas' nodes, those online, and its leader's node.
+QUEUE_COLUMNS = (
+    "name,messages_ready,messages_unacknowledged,consumers,message_stats,type,members,online,leader"
+)
+
+
+def rabbitmq_nodes(config):
+    """The cluster's nodes as this one sees them (/api/nodes), each {"name", "running",
+    "alarms" (resources), "partitions" (nodes it cannot see), "drained"}; None when the
+    management API does not show them: /api/nodes wants a user tagged monitoring (or
+    administrator), and one tagged management only gets 401."""
+    try:
+        _, answer = http_json(config, f"/api/nodes?columns={NODE_COLUMNS}")
+    except urllib.error.HTTPError as error:
+        if error.code in {401, 403, 404}:
+            return None
+        raise
+    if not isinstance(answer, list):
+        return None
+    return [
+        {
+            "name": node["name"],
+            "running": bool(node.get("running")),
+            # Named as the alarms health check names them (rabbit_alarm:format_as_map/1).
+            "alarms": [
+                resource
+                for resource, key in (("memory", "mem_alarm"), ("disk space", "disk_free_alarm"))
+                if node.get(key)
+            ],
+            "partitions": list(node.get("partitions") or []),
+            "drained": bool(node.get("being_drained")),
+        }
+        for node in answer
+    ]
+
+
 def rabbitmq_sample(config):
-    """Alarms, virtual hosts and queues, through the management API."""
+    """Alarms, virtual hosts, the cluster's nodes and the queues, through the management API.
+
+    /api/health/checks/alarms is cluster-wide in 3.10 (rabbit_alarm:get_alarms/1: the memory
+    and disk alarms of every node, each naming its node; /api/health/checks/local-alarms is
+    this node's only), so any broker host reports every node's alarm. /api/nodes' mem_alarm
+    and disk_free_alarm add only what it did not name (node_problems())."""
     alarms = []
     _, answer = http_json(config, "/api/health/checks/alarms")
     for alarm in answer.get("alarms", []):
-        message = f"{alarm['resource']} alarm on {alarm['node']}: publishers are blocked"
-        alarms.append((CRITICAL, message))
+        alarms.append((CRITICAL, alarm_message(alarm["resource"], alarm["node"])))
     status, answer = http_json(config, "/api/health/checks/virtual-hosts")
     if status != 200:
         alarms.append((CRITICAL, f"virtual hosts not running: {answer.get('reason')}"))
     vhost = urllib.parse.quote(config["vhost"], safe="")
-    columns = "name,messages_ready,messages_unacknowledged,consumers,message_stats"
-    _, answer = http_json(config, f"/api/queues/{vhost}?columns={columns}")
+    _, answer = http_json(config, f"/api/queues/{vhost}?columns={QUEUE_COLUMNS}")
     queues = {}
     for queue in answer:
         stats = queue.get("message_stats", {})
@@ -606,8 +738,14 @@ def rabbitmq_sample(config):
             "consumers": queue.get("consumers", 0),
             "published": stats.get("publish", 0),
             "acked": stats.get("ack", 0),
+            "type": queue.get("type", "classic"),
+            # A quorum queue's, from its leader: None for any other type, or while unknown.
+            "members": queue.get("members"),
+            "online": queue.get("online"),
+            "leader": queue.get("leader"),
         }
-    return {"alarms": alarms, "usage": {}, "queues": queues}
+    nodes = rabbitmq_nodes(config)
+    return {"alarms": alarms, "usage": {}, "queues": queues, "nodes": nodes}
 
 
 class Stomp:
@@ -762,7 +900,13 @@ def describe_broker(report, config, sample, previous):
     for code, message in broker_problems(sample, config["queues"]):
         report.problem(code, message)
     rates = queue_rates(previous, sample) if previous else {}
-    report.data["broker"] = {"kind": config["kind"], "usage": sample["usage"], "queues": {}}
+    report.data["broker"] = {
+        "kind": config["kind"],
+        "usage": sample["usage"],
+        # RabbitMQ's cluster as this node sees it (rabbitmq_nodes()); None when unknown.
+        "nodes": sample.get("nodes"),
+        "queues": {},
+    }
     # Dead-letter queues only while they hold failed jobs.
     found = sample["queues"]
     dead = [q["dead"] for q in config["queues"] if found.get(q["dead"], {}).get("ready")]
@@ -777,13 +921,15 @@ def describe_broker(report, config, sample, previous):
             "in_per_second": None if rate is None else round(rate[0], 2),
             "out_per_second": None if rate is None else round(rate[1], 2),
             "drain_seconds": drain_seconds(backlog, rate),
+            # A quorum queue's replicas (nodes), those online and its leader; else None.
+            **{key: queue.get(key) for key in ("members", "online", "leader")},
         }
 
 
 def status(args, report):
     """What this host runs, with rates from the cron check's last broker sample (or a second
     sample --interval seconds later). Reads only."""
-    if os.path.exists(BROKER_CONFIG):
+    if os.path.exists(BROKER_CONFIG) and not args.no_broker:
         config, sample = read_broker(report)
         if sample:
             previous = read_json(BROKER_SAMPLE, None)
@@ -832,6 +978,7 @@ class Report:
                     f"  {name:<28} {queue['ready']:>7} {queue['unacked']:>7} "
                     f"{queue['consumers']:>9} {rates[0]:>7} {rates[1]:>7}  {drain}"
                 )
+            lines += cluster_lines(broker)
         if "load_per_cpu" in self.data:
             load = self.data["load_per_cpu"]
             # Unknown: the load source of the settings (a drill's) holds no number.
@@ -859,10 +1006,48 @@ class Report:
             lines.append(
                 f"brokerfleet_broker_usage_percent{{resource={label(resource)}}} {percent}"
             )
+        if broker.get("nodes"):
+            running = sum(node["running"] for node in broker["nodes"])
+            lines.append(f"brokerfleet_broker_nodes {len(broker['nodes'])}")
+            lines.append(f"brokerfleet_broker_nodes_running {running}")
         for name, queue in broker.get("queues", {}).items():
             for key in ("ready", "unacked", "consumers"):
                 lines.append(f"brokerfleet_queue_{key}{{queue={label(name)}}} {queue[key]}")
         return "\n".join(lines) + "\n"
+
+
+def cluster_lines(broker):
+    """The status text's cluster section: each node, running or not, and what ails it; per
+    quorum queue its leader and replicas online. Nothing for a single node, nor when neither
+    the nodes nor any queue's replicas show a cluster."""
+    nodes = broker.get("nodes")
+    quorum = {
+        name: queue for name, queue in broker["queues"].items() if queue.get("members") is not None
+    }
+    if nodes is None and not any(len(queue["members"]) > 1 for queue in quorum.values()):
+        return []
+    if nodes is not None and len(nodes) < 2:
+        return []
+    if nodes is None:
+        lines = ["  cluster nodes unknown: /api/nodes wants a user tagged monitoring"]
+    else:
+        running = sum(node["running"] for node in nodes)
+        lines = [f"  cluster: {running} of {len(nodes)} nodes running"]
+    for node in nodes or []:
+        notes = ["running" if node["running"] else "NOT RUNNING"]
+        notes += [f"{resource} alarm" for resource in node["alarms"]]
+        if node["partitions"]:
+            notes.append("cannot see " + ", ".join(node["partitions"]))
+        if node.get("drained"):
+            notes.append("drained")
+        lines.append(f"  {node['name']:<28} {', '.join(notes)}")
+    if quorum:
+        lines.append(f"  {'quorum queue':<28} {'leader':<24} replicas online")
+    for name, queue in quorum.items():
+        online = "-" if queue["online"] is None else len(queue["online"])
+        leader = queue["leader"] or "-"
+        lines.append(f"  {name:<28} {leader:<24} {online}/{len(queue['members'])}")
+    return lines
 
 
 def label(value):
@@ -938,6 +1123,11 @@ def arguments(argv):
     parser.add_argument("--load-source", help="file with a load per CPU to use (drills)")
     parser.add_argument(
         "--interval", type=float, default=10, help="status: seconds between two broker samples"
+    )
+    parser.add_argument(
+        "--no-broker",
+        action="store_true",
+        help="status: leave the broker out (make status asks the first broker host only)",
     )
     parser.add_argument(
         "--autoscale-horizon",
