@@ -4,18 +4,23 @@ stops and restarts nodes while a backlog drains and counts what was lost."""
 
 import json
 import os
+import re
+import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import testinfra
 import yaml
-from conftest import VHOST, done_jobs, publish, running, wait_until
+from conftest import VHOST, ansible_playbook, check, done_jobs, publish, running, wait_until
 
 from brokerfleet import sizing
 
 BROKERS = ("mq1", "mq2", "mq3")
 WORKER_HOSTS = ("app1", "app2")
+# Added by the last test, in a re-run; removed after it (molecule does not know it).
+NEW_WORKER_HOST = "app3"
 NODES = {f"rabbit@{name}": name for name in BROKERS}
 JOB_SECONDS = 0.5
 
@@ -67,6 +72,11 @@ def test_three_nodes_run_in_one_cluster(hosts):
     assert "cluster_partition_handling = pause_minority" in config
     cookie = hosts["mq2"].file("/var/lib/rabbitmq/.erlang.cookie")
     assert (cookie.user, cookie.mode) == ("rabbitmq", 0o400)
+    # The broker check of any node sees the whole cluster.
+    code, answer = check(hosts["mq2"], "broker")
+    assert code == 0, answer
+    nodes = answer["broker"]["nodes"]
+    assert sorted((n["name"], n["running"]) for n in nodes) == [(n, True) for n in sorted(NODES)]
 
 
 def test_every_host_queue_is_a_quorum_queue_on_every_node(hosts, inventory):
@@ -94,30 +104,26 @@ def test_workers_know_every_node_and_spread_over_them(hosts):
     urls = spec["environment"]["BROKER_URLS"].split(",")
     assert sorted(url.split("@")[-1].split(":")[0] for url in urls) == sorted(BROKERS), urls
     # Each process shuffles the nodes: with 12 consumers, more than one node serves them.
-    connections = ctl(hosts["mq1"], "list_connections", "node")
-    assert len({c["node"] for c in connections}) > 1, connections
+    connections = ctl(hosts["mq1"], "list_connections", "host")
+    assert len({c["host"] for c in connections}) > 1, connections
 
 
-def consumption_gaps(hosts, since):
-    """The longest time, in seconds, in which no worker host finished a job, after ``since``."""
+def consumption_gaps(workers, since):
+    """The longest time, in seconds, in which none of ``workers`` finished a job, after
+    ``since``."""
     finished = sorted(
-        job[2]
-        for name in WORKER_HOSTS
-        for job in done_jobs(hosts[name], "imports")
-        if job[2] > since
+        job[2] for host in workers for job in done_jobs(host, "imports") if job[2] > since
     )
     return max((b - a for a, b in zip(finished, finished[1:], strict=False)), default=0.0)
 
 
-def all_done(hosts):
-    return [job[0] for name in WORKER_HOSTS for job in done_jobs(hosts[name], "imports")]
+def all_done(workers):
+    """Ids of the imports jobs ``workers`` completed, repeats included."""
+    return [job[0] for host in workers for job in done_jobs(host, "imports")]
 
 
-def node_stopped_and_back(hosts, name, action):
-    """Stop or restart the node on container ``name``; the seconds it took."""
-    started = time.monotonic()
-    hosts[name].check_output(f"service rabbitmq-server {action}")
-    return time.monotonic() - started
+def service(host, action):
+    host.check_output(f"service rabbitmq-server {action}")
 
 
 def test_losing_nodes_while_a_backlog_drains_loses_nothing(hosts):
@@ -129,18 +135,22 @@ def test_losing_nodes_while_a_backlog_drains_loses_nothing(hosts):
     leader = NODES[cluster_queues(hosts["mq1"])["imports"]["leader"]]
     others = [name for name in BROKERS if name != leader]
     time.sleep(3)
-    node_stopped_and_back(hosts, leader, "stop")
-    time.sleep(5)
-    node_stopped_and_back(hosts, leader, "start")
+    service(hosts[leader], "stop")
+    # The other nodes' broker check warns, naming it; the cluster keeps its majority.
+    code, answer = check(hosts[others[0]], "broker")
+    assert code == 1 and any(leader in problem for problem in answer["problems"]), answer
+    time.sleep(3)
+    service(hosts[leader], "start")
     # Then another node restarts (a reboot of its service).
     time.sleep(3)
-    node_stopped_and_back(hosts, others[0], "restart")
+    service(hosts[others[0]], "restart")
 
-    done = wait_until(lambda: len(set(all_done(hosts))) >= total, timeout=240)
-    ids = all_done(hosts)
+    workers = [hosts[name] for name in WORKER_HOSTS]
+    done = wait_until(lambda: len(set(all_done(workers))) >= total, timeout=240)
+    ids = all_done(workers)
     lost = set(range(1, total + 1)) - set(ids)
     duplicates = len(ids) - len(set(ids))
-    gap = consumption_gaps(hosts, drill_start)
+    gap = consumption_gaps(workers, drill_start)
     print(
         f"cluster drill: published {total}, completed {len(set(ids))}, lost {len(lost)}, "
         f"duplicates {duplicates}, longest time without consumption {gap:.1f} s "
@@ -152,3 +162,95 @@ def test_losing_nodes_while_a_backlog_drains_loses_nothing(hosts):
         assert "FATAL" not in states and "BACKOFF" not in states, states
     queue = cluster_queues(hosts["mq1"])["imports"]
     assert queue["messages_ready"] == 0 and queue["messages_unacknowledged"] == 0, queue
+
+
+def stop_start_windows(host, since):
+    """(stopped, back) times of the node on ``host`` after ``since``, from its own log: from
+    "asked to stop" to the next "Server startup complete"."""
+    log = host.check_output("cat /var/log/rabbitmq/rabbit@*.log")
+    windows, stopped = [], None
+    for line in log.splitlines():
+        match = re.match(r"(\S+ \S+) \[\w+\] <[\d.]+> (.*)", line)
+        if not match:
+            continue
+        when = datetime.fromisoformat(match[1]).timestamp()
+        if when < since:
+            continue
+        if match[2].startswith("RabbitMQ is asked to stop"):
+            stopped = when
+        elif match[2].startswith("Server startup complete") and stopped is not None:
+            windows.append((stopped, when))
+            stopped = None
+    return windows
+
+
+def podman(*args):
+    subprocess.run(["podman", *args], check=True, capture_output=True, text=True)
+
+
+@pytest.fixture
+def new_worker_host(tmp_path):
+    """A third worker host: a container on the scenario's network, and an inventory file that
+    adds it to the workers group beside molecule's inventory."""
+    podman("rm", "-f", "-t", "0", NEW_WORKER_HOST)
+    podman(
+        *("run", "-d", "--name", NEW_WORKER_HOST, "--hostname", NEW_WORKER_HOST),
+        *("--network", "brokerfleet-test", "localhost/brokerfleet-test-host:bookworm"),
+    )
+    extra = tmp_path / "app3.yml"
+    extra.write_text(
+        yaml.safe_dump(
+            {
+                "workers": {
+                    "hosts": {
+                        NEW_WORKER_HOST: {"ansible_connection": "podman", "fleet_cpus": 1},
+                    }
+                }
+            }
+        )
+    )
+    yield testinfra.get_host(f"podman://{NEW_WORKER_HOST}"), extra
+    podman("rm", "-f", "-t", "0", NEW_WORKER_HOST)
+
+
+def test_a_rolling_rerun_adding_a_host_restarts_nodes_one_at_a_time_and_loses_nothing(
+    hosts, inventory, new_worker_host
+):
+    app3, extra_inventory = new_worker_host
+    before = {name: running(hosts[name]) for name in WORKER_HOSTS}
+    first_id, total = 10_001, 1600
+    publish(hosts["app1"], "imports", total, 1, first_id=first_id)
+    since = float(hosts["mq1"].check_output("date +%s.%N"))
+
+    # A broker setting that needs every node to restart, and a new worker host, in one run.
+    output = ansible_playbook(
+        "site.yml", options=("-i", str(extra_inventory)), rabbitmq_memory_fraction=0.35
+    )
+    for name in BROKERS:
+        config = hosts[name].file("/etc/rabbitmq/rabbitmq.conf").content_string
+        assert "vm_memory_high_watermark.relative = 0.35" in config, name
+    windows = sorted(w for name in BROKERS for w in stop_start_windows(hosts[name], since))
+    assert len(windows) == 3, (windows, output)
+    for (_, back), (stopped, _) in zip(windows, windows[1:], strict=False):
+        assert stopped >= back, f"two nodes were down at once: {windows}"
+
+    # The other worker hosts' processes were left alone: same names, same PIDs.
+    for name in WORKER_HOSTS:
+        assert running(hosts[name]) == before[name], name
+    settings = {**inventory[0], "fleet_cpus": 1}
+    budget = settings["fleet_cpus"] * settings["workers_per_cpu"]
+    want = sizing.split_budget(budget, settings["worker_groups"])
+    assert wait_until(lambda: len(running(app3)) == sum(want.values()), 30), running(app3)
+
+    workers = [hosts[name] for name in WORKER_HOSTS] + [app3]
+    wanted = set(range(first_id, first_id + total))
+    done = wait_until(lambda: wanted <= set(all_done(workers)), timeout=300)
+    ids = [i for i in all_done(workers) if i in wanted]
+    gap = consumption_gaps(workers, since)
+    down = [round(back - stopped, 1) for stopped, back in windows]
+    lost, duplicates = len(wanted - set(ids)), len(ids) - len(set(ids))
+    print(
+        f"rolling re-run: {total} jobs of 1 s, nodes down {down} s one at a time; lost {lost}, "
+        f"duplicates {duplicates}, longest time without consumption {gap:.1f} s"
+    )
+    assert done, f"{lost} jobs lost"
