@@ -8,7 +8,6 @@ import time
 from conftest import (
     ansible_playbook,
     converge,
-    cron_runs,
     done_ids,
     of_group,
     publish,
@@ -44,10 +43,6 @@ def summarised(output, verb):
 def counts(worker, groups):
     processes = running(worker)
     return {g["name"]: len(of_group(processes, g["name"])) for g in groups}
-
-
-def test_the_checks_run_from_cron_on_both_hosts(broker, worker):
-    assert cron_runs((broker, "broker"), (worker, "workers"))
 
 
 def test_rerun_scales_groups_without_restarting_or_losing_anything(broker, worker, group_vars):
