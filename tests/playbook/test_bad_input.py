@@ -520,3 +520,21 @@ def test_an_inventory_laid_out_as_the_example_says_reads_its_vault(tmp_path):
     assert "fatal:" not in preflight and "[ERROR]" not in preflight, output
     assert "budget 6: {''imports'': 6}" in preflight, output  # main.yml's group: 3 CPUs x 2
     assert "s3cret from the vault" not in output
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [MISSING, "tooShort1", "twenty-or-more but 'quoted' & spaced"],
+    ids=["missing", "short", "unsafe"],
+)
+def test_a_cluster_without_a_usable_erlang_cookie_is_refused(tmp_path, cookie):
+    """Three RabbitMQ brokers need the secret their nodes share: missing or unsafe, preflight
+    refuses it by name before any change, and never shows it."""
+    code, output = run_site(
+        tmp_path, brokers=["testhost", "mq2", "mq3"], rabbitmq_erlang_cookie=cookie
+    )
+    assert code != 0, output
+    assert "rabbitmq_erlang_cookie" in output, output
+    if cookie is not MISSING:
+        assert cookie not in output, output
+    assert BROKER_PLAY not in output, output

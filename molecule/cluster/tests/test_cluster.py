@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 import testinfra
 import yaml
-from conftest import VHOST, ansible_playbook, check, done_jobs, publish, running, wait_until
+from conftest import (
+    VHOST,
+    ansible_playbook,
+    check,
+    done_jobs,
+    publish,
+    rabbitmqctl,
+    running,
+    wait_until,
+)
 
 from brokerfleet import sizing
 
@@ -45,14 +54,9 @@ def host_settings(inventory, name):
     return {**group_vars, **host_vars.get(name, {})}
 
 
-def ctl(host, *args):
-    """A rabbitmqctl answer, parsed from its JSON formatter."""
-    return json.loads(host.check_output("rabbitmqctl --quiet --formatter json " + " ".join(args)))
-
-
 def cluster_queues(host):
     columns = "name type leader members online messages_ready messages_unacknowledged"
-    return {q["name"]: q for q in ctl(host, "list_queues", "-p", VHOST, columns)}
+    return {q["name"]: q for q in rabbitmqctl(host, "list_queues", "-p", VHOST, columns)}
 
 
 def union_queues(inventory):
@@ -65,7 +69,7 @@ def union_queues(inventory):
 
 def test_three_nodes_run_in_one_cluster(hosts):
     for name in BROKERS:
-        status = ctl(hosts[name], "cluster_status")
+        status = rabbitmqctl(hosts[name], "cluster_status")
         assert sorted(status["running_nodes"]) == sorted(NODES), (name, status["running_nodes"])
         assert not status["partitions"] and not status["alarms"], status
     config = hosts["mq1"].file("/etc/rabbitmq/rabbitmq.conf").content_string
@@ -104,7 +108,7 @@ def test_workers_know_every_node_and_spread_over_them(hosts):
     urls = spec["environment"]["BROKER_URLS"].split(",")
     assert sorted(url.split("@")[-1].split(":")[0] for url in urls) == sorted(BROKERS), urls
     # Each process shuffles the nodes: with 12 consumers, more than one node serves them.
-    connections = ctl(hosts["mq1"], "list_connections", "host")
+    connections = rabbitmqctl(hosts["mq1"], "list_connections", "host")
     assert len({tuple(c["host"]) for c in connections}) > 1, connections
 
 
