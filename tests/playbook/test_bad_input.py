@@ -317,6 +317,11 @@ CASES = [
     ),
     # --- broker and cron globals ----------------------------------------------------------------
     ({"broker_host": "bad host!"}, ["broker_host must be a host name or an IP"], "broker_host"),
+    (
+        {"broker_hosts": ["127.0.0.1", "mq2/x?y"]},
+        ["broker_hosts[1] must be a host name or an IP"],
+        "broker_hosts",
+    ),
     ({"broker_user": ""}, ["broker_user must not be empty"], "broker_user"),
     (
         {"broker_vhost": "fleet\n"},
