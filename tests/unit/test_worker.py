@@ -128,7 +128,7 @@ class FakeBroker:
     def __init__(self, name, bodies, lose_on=None):
         self.name, self.bodies, self.lose_on = name, bodies, lose_on
         self.waiting = collections.defaultdict(collections.deque)
-        self.subscriptions, self.acked, self.closed = [], [], False
+        self.subscriptions, self.acked, self.rejected, self.closed = [], [], [], False
         self.when_idle = self.never_idle
 
     def never_idle(self):
@@ -157,14 +157,14 @@ class FakeBroker:
         self.acked.append(delivery.token)
 
     def reject(self, delivery):
-        pass
+        self.rejected.append(delivery.token)
 
     def close(self):
         self.closed = True
 
 
-def job(job_id):
-    return f'{{"id": {job_id}, "seconds": 0}}'.encode()
+def job(job_id, seconds=0):
+    return f'{{"id": {job_id}, "seconds": {seconds}}}'.encode()
 
 
 def connections(*outcomes):
@@ -180,7 +180,7 @@ def connections(*outcomes):
     return connect
 
 
-def run(connect, last, rand=None):
+def run(connect, last, rand=None, max_job_seconds=None):
     """Run the consume loop until `last` (the final connection) has nothing left to do, and
     return what it slept."""
     stopping, slept = [], []
@@ -188,7 +188,14 @@ def run(connect, last, rand=None):
     queues = ["jobs.high", "jobs.low"]
     poller = worker.Poller(queues, [])
     worker.consume_jobs(
-        connect, queues, 3, poller, stopping, sleep=slept.append, rand=rand or random.random
+        connect,
+        queues,
+        3,
+        poller,
+        stopping,
+        max_job_seconds=max_job_seconds,
+        sleep=slept.append,
+        rand=rand or random.random,
     )
     return slept
 
@@ -241,6 +248,35 @@ def test_the_backoff_starts_short_again_once_connected(done_dir, capsys):
     # With rand() = 1 every delay is its ceiling.
     waits = re.findall(r"connecting again in (\S+) s", capsys.readouterr().out)
     assert waits == ["1.0", "2.0", "4.0", "1.0"]
+
+
+def test_a_job_longer_than_the_allowance_is_dead_lettered_not_started(done_dir, capsys):
+    broker = FakeBroker("only", [job(1, 30), job(2, 90.5), job(3, 60), b"not json"])
+    run(connections(broker), last=broker, max_job_seconds=60)
+
+    assert done_ids(done_dir) == [1, 3]  # a job of exactly the allowance runs
+    assert broker.acked == [("only", 0), ("only", 2)]
+    assert broker.rejected == [("only", 1), ("only", 3)]  # requeue=False: to <queue>.dead
+    log = capsys.readouterr().out
+    assert "rejecting job 2 of 90.5 s: longer than the group's max_job_seconds (60 s)" in log
+
+
+def test_without_an_allowance_any_job_up_to_a_day_runs(done_dir):
+    broker = FakeBroker("only", [job(1, 86400)])
+    run(connections(broker), last=broker)
+    assert done_ids(done_dir) == [1] and broker.rejected == []
+
+
+@pytest.mark.parametrize(
+    ("environment", "allowance"),
+    [
+        ({}, None),
+        ({"WORKER_MAX_JOB_SECONDS": ""}, None),
+        ({"WORKER_MAX_JOB_SECONDS": "73.5"}, 73.5),
+    ],
+)
+def test_the_allowance_comes_from_the_environment(environment, allowance):
+    assert worker.job_allowance(environment) == allowance
 
 
 def test_sigterm_during_the_backoff_ends_the_loop():
@@ -422,6 +458,15 @@ def test_the_worker_consumes_publishes_and_moves_without_declaring_a_queue(monke
     }
     worker.publish(
         types.SimpleNamespace(level="low", first_id=1, count=2, seconds=0.1), environment
+    )
+    assert "warning" not in capsys.readouterr().out
+    worker.publish(
+        types.SimpleNamespace(level="low", first_id=3, count=1, seconds=120),
+        {**environment, "WORKER_MAX_JOB_SECONDS": "60"},
+    )
+    assert (
+        "warning: jobs of 120 s exceed the group's max_job_seconds (60 s): its workers will "
+        "dead-letter them" in capsys.readouterr().out
     )
     moved = worker.move(
         types.SimpleNamespace(source="low", target="high", scan=10, count=1, id=None),

@@ -13,6 +13,9 @@ A job is a JSON message {"id": ..., "seconds": ...}: the worker works for that l
 "<id> <started> <finished>" (Unix times) to <done dir>/<queue>.log, then acknowledges, so
 completed, lost and duplicated jobs can be counted. A message that is not a job is rejected
 without requeue: RabbitMQ dead-letters it to <queue>.dead, ActiveMQ to its dead-letter queue.
+So is a job announced longer than WORKER_MAX_JOB_SECONDS (the group's max_job_seconds), rather
+than started: supervisord's stop timeout and RabbitMQ's consumer_timeout only allow for that
+long, and a job that outlasts them is killed or redelivered mid-way, and done again.
 
 The worker holds one long-lived consumer per queue, each with BROKER_PREFETCH unacknowledged
 messages at most, and takes its next job from the queues in FLEET_POLL_ORDER (a weighted
@@ -29,8 +32,8 @@ the connection runs again (at-least-once).
 Environment: BROKER_KIND (rabbitmq: AMQP through BROKER_URL, or any of BROKER_URLS, the
 comma-separated URLs of every node of a cluster, python3-pika; activemq: STOMP through
 BROKER_STOMP_URL, python3-stomp), BROKER_QUEUE, BROKER_PREFETCH, FLEET_POLL_ORDER,
-FLEET_POLL_WHEN_IDLE, WORKER_RECYCLE_AFTER, BROKERFLEET_DONE_DIR (default
-/var/lib/brokerfleet/done).
+FLEET_POLL_WHEN_IDLE, WORKER_RECYCLE_AFTER, WORKER_MAX_JOB_SECONDS (unset: jobs up to a day),
+BROKERFLEET_DONE_DIR (default /var/lib/brokerfleet/done).
 """
 
 import argparse
@@ -378,9 +381,9 @@ def pause(seconds, stopping, sleep=time.sleep):
         seconds -= step
 
 
-def take_job(broker, poller):
+def take_job(broker, poller, max_job_seconds=None):
     """Work and ack the next job waiting, or wait up to a second for one. True if a job was
-    done."""
+    done. A job announced longer than `max_job_seconds` is rejected, not started."""
     delivery = poller.next(broker.waiting)
     if delivery is None:
         broker.wait(1)  # idle: a chance to notice SIGTERM every second
@@ -391,6 +394,14 @@ def take_job(broker, poller):
         broker.reject(delivery)
         return False
     job_id, seconds = job
+    if max_job_seconds is not None and seconds > max_job_seconds:
+        log(
+            f"rejecting job {job_id} of {seconds:g} s: longer than the group's "
+            f"max_job_seconds ({max_job_seconds:g} s), all a stopping worker is given to finish "
+            "a job; it goes to the dead-letter queue"
+        )
+        broker.reject(delivery)
+        return False
     started = time.time()
     broker.work(seconds)
     record_done(delivery.queue, job_id, started)
@@ -412,6 +423,7 @@ def consume_jobs(
     poller,
     stopping,
     recycle_after=0,
+    max_job_seconds=None,
     sleep=time.sleep,
     rand=random.random,
 ):
@@ -431,7 +443,7 @@ def consume_jobs(
                 # Connected: the next loss starts again from a short wait.
                 delays = backoff_delays(rand=rand)
                 log(f"consuming {', '.join(queues)} with prefetch {prefetch}")
-            if take_job(broker, poller):
+            if take_job(broker, poller, max_job_seconds):
                 done += 1
                 if recycle_after and done >= recycle_after:
                     log(f"recycling after {done} jobs")
@@ -455,10 +467,26 @@ def consume():
     queues = list(dict.fromkeys(order + when_idle))
     prefetch = int(os.environ.get("BROKER_PREFETCH", "1"))
     recycle_after = int(os.environ.get("WORKER_RECYCLE_AFTER") or 0)
+    max_job_seconds = job_allowance(os.environ)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     poller = Poller(order, when_idle)
-    consume_jobs(Endpoints(os.environ).connect, queues, prefetch, poller, stopping, recycle_after)
+    consume_jobs(
+        Endpoints(os.environ).connect,
+        queues,
+        prefetch,
+        poller,
+        stopping,
+        recycle_after,
+        max_job_seconds,
+    )
+
+
+def job_allowance(environment):
+    """WORKER_MAX_JOB_SECONDS as a number, or None when unset (a worker started by hand, or
+    from a spec written before the bundle set it): no allowance but parse_job's day."""
+    value = environment.get("WORKER_MAX_JOB_SECONDS")
+    return float(value) if value else None
 
 
 def group_environment(group):
@@ -497,6 +525,12 @@ def connect_any(environment):
 
 def publish(args, environment):
     queue = level_queue(environment, args.level)
+    allowance = job_allowance(environment)
+    if allowance is not None and args.seconds > allowance:
+        log(
+            f"warning: jobs of {args.seconds:g} s exceed the group's max_job_seconds "
+            f"({allowance:g} s): its workers will dead-letter them"
+        )
     broker = connect_any(environment)
     ids = range(args.first_id, args.first_id + args.count)
     broker.publish(queue, (json.dumps({"id": i, "seconds": args.seconds}) for i in ids))
