@@ -584,10 +584,13 @@ def test_awkward_queue_and_group_names_cannot_forge_metrics():
     report = check.Report("broker")
     counts = {"ready": 1, "unacked": 2, "consumers": 3}
     report.data["broker"] = {"usage": {}, "queues": {name: counts for name in AWKWARD}}
-    report.data["groups"] = {name: {"expected": 1, "running": 1, "shed": 0} for name in AWKWARD}
+    report.data["groups"] = {
+        name: {"expected": 1, "running": 1, "shed": 0, "paused": {"since": 0, "reason": name}}
+        for name in AWKWARD
+    }
     lines = report.prometheus().splitlines()
     # One line per sample: nothing a name holds starts a line of its own.
-    assert len(lines) == 1 + 3 * len(AWKWARD) + 3 * len(AWKWARD)
+    assert len(lines) == 1 + 3 * len(AWKWARD) + 4 * len(AWKWARD)
     assert sum(line.startswith("brokerfleet_check_status") for line in lines) == 1
     assert 'brokerfleet_queue_ready{queue="a\\"b"} 1' in lines
     assert 'brokerfleet_workers_running{group="back\\\\slash"} 1' in lines
@@ -645,3 +648,219 @@ def test_an_unknown_load_is_said_not_left_out():
     assert "  load per CPU unknown" in report.text().splitlines()
     report.data["load_per_cpu"] = 0.456
     assert "  load per CPU 0.46" in report.text().splitlines()
+
+
+# --- pause and resume a group -------------------------------------------------------------
+
+PAUSE = {"since": 1795428240, "reason": "database upgrade"}  # 2026-11-23 10:04 UTC
+
+
+def test_a_paused_group_is_neither_shed_nor_given_back():
+    paused = {"thumbnails": PAUSE}
+    # thumbnails (importance 1) would be shed first; paused, imports is shed instead.
+    assert run({}, [0.9, 0.95])[1][-1] == ("shed", "thumbnails")
+    _, action = check.guard_step({"above": 1}, 0.9, GROUPS, 0.8, 0.5, 2, paused)
+    assert action == ("shed", "imports")
+    # What was shed before the pause stays shed; another group is given back instead.
+    state = {"below": 1, "shed": {"thumbnails": 1, "imports": 1}}
+    state, action = check.guard_step(state, 0.3, GROUPS, 0.8, 0.5, 2, paused)
+    assert action == ("restore", "imports")
+    state, action = check.guard_step({**state, "below": 1}, 0.3, GROUPS, 0.8, 0.5, 2, paused)
+    assert action is None and state["shed"] == {"thumbnails": 1}
+
+
+def test_autoscale_neither_moves_to_nor_from_a_paused_group():
+    # imports' long backlog is expected while it is paused: no worker moves to it.
+    assert check.autoscale_step({}, FLEET, {"imports": 600}, 300, {"imports"})[1] is None
+    # thumbnails, paused and idle, lends nothing: reports (idle too) does.
+    moved, action = check.autoscale_step({}, FLEET, {"imports": 600}, 300, {"thumbnails"})
+    assert action == ("move", "reports", "imports")
+    # A paused group keeps what it gained: nothing returns while it is paused.
+    before = {"imports": 2, "thumbnails": -2, "reports": 0}
+    assert check.autoscale_step(before, FLEET, {}, 300, {"imports"}) == (before, None)
+
+
+def test_no_worker_of_a_paused_group_is_expected_to_run():
+    groups = [
+        {**GROUPS[0], "programs": programs("imports", 4)},
+        {**GROUPS[1], "programs": programs("thumbnails", 2)},
+    ]
+    expected = check.expected_processes(groups, {"thumbnails": 1}, {"imports": PAUSE})
+    assert expected == {
+        "imports-00": False,
+        "imports-01": False,
+        "imports-02": False,
+        "imports-03": False,
+        "thumbnails-00": True,
+        "thumbnails-01": False,
+    }
+
+
+def test_the_backlog_of_a_paused_group_is_expected_not_critical():
+    found = check.broker_problems(
+        sample(
+            imports=queue(ready=120, consumers=0),
+            **{"reports.high": queue(ready=3, consumers=0), "imports.dead": queue(ready=2)},
+        ),
+        QUEUES,
+        {"imports": PAUSE},
+    )
+    assert found == [
+        (
+            check.OK,
+            "queue imports: 120 jobs waiting, as expected: group imports paused since"
+            " 2026-11-23 10:04 UTC (database upgrade)",
+        ),
+        (check.WARNING, "queue imports.dead: 2 failed jobs to look at"),
+        (
+            check.CRITICAL,
+            "queue reports.high: 3 jobs waiting and no consumer"
+            " (workers of group reports down or shed)",
+        ),
+    ]
+
+
+def test_the_status_text_and_metrics_show_a_paused_group():
+    report = check.Report("status")
+    report.note("queue imports: 120 jobs waiting, as expected: group imports paused since x")
+    report.data["groups"] = {
+        "imports": {"expected": 0, "running": 0, "moved": 0, "shed": 0, "paused": PAUSE},
+        "reports": {"expected": 1, "running": 1, "moved": 0, "shed": 0, "paused": None},
+    }
+    lines = report.text().splitlines()
+    assert lines[0] == "brokerfleet status OK"
+    assert "  queue imports: 120 jobs waiting, as expected: group imports paused since x" in lines
+    assert (
+        "  imports: 0 running of 0 expected"
+        " (paused since 2026-11-23 10:04 UTC (database upgrade))" in lines
+    )
+    assert "  reports: 1 running of 1 expected" in lines
+    metrics = report.prometheus().splitlines()
+    assert 'brokerfleet_group_paused{group="imports"} 1' in metrics
+    assert 'brokerfleet_group_paused{group="reports"} 0' in metrics
+
+
+def test_pause_and_resume_take_a_group_and_only_they_do():
+    args = check.arguments(["pause", "imports", "--reason", "db"])
+    assert (args.check, args.group, args.reason) == ("pause", "imports", "db")
+    assert check.arguments(["resume", "imports"]).group == "imports"
+    for argv in (["pause"], ["workers", "imports"], ["resume", "imports", "--reason", "x"]):
+        with pytest.raises(SystemExit) as exit:
+            check.arguments(argv)
+        assert exit.value.code == 2
+
+
+class Supervisor:
+    """supervisord's XML-RPC interface, as far as the check uses it: stopping is at once."""
+
+    def __init__(self, running):
+        self.states = {name: "RUNNING" for name in running}
+        self.calls = []
+
+    def getAllProcessInfo(self):  # noqa: N802 - supervisor's name
+        return [{"name": name, "statename": state} for name, state in self.states.items()]
+
+    def startProcess(self, name, wait):  # noqa: N802
+        self.calls.append(("start", name))
+        self.states[name] = "RUNNING"
+
+    def stopProcess(self, name, wait):  # noqa: N802
+        self.calls.append(("stop", name))
+        self.states[name] = "STOPPED"
+
+
+@pytest.fixture
+def host(state_dir, monkeypatch):
+    """A worker host in a temporary directory: its manifest (imports: 3 of 4 programs, one of
+    them shed; reports), broker.json naming a third group, and supervisord running them."""
+    directory, _ = state_dir
+    group = {"min": 1, "max": None, "importance": 3, "job_seconds": 5, "queues": []}
+    manifest = {
+        "format": check.FLEET_FORMAT,
+        "groups": [
+            {**group, "name": "imports", "programs": programs("imports", 4), "processes": 3},
+            {**group, "name": "reports", "programs": programs("reports", 1), "processes": 1},
+        ],
+    }
+    broker = {"format": check.BROKER_FORMAT, "queues": [{"name": "mail", "group": "mail"}]}
+    for name, data in (("fleet.json", manifest), ("broker.json", broker)):
+        (directory / name).write_text(json.dumps(data))
+    (directory / "load-guard.json").write_text(json.dumps({"shed": {"imports": 1}}))
+    for constant, name in (
+        ("MANIFEST", "fleet.json"),
+        ("BROKER_CONFIG", "broker.json"),
+        ("GUARD_STATE", "load-guard.json"),
+        ("AUTOSCALE_STATE", "autoscale.json"),
+        ("PAUSE_STATE", "paused.json"),
+        ("WORKERS_LOCK", "workers.lock"),
+    ):
+        monkeypatch.setattr(check, constant, str(directory / name))
+    rpc = Supervisor(["imports-00", "imports-01", "reports-00"])
+    rpc.states.update({"imports-02": "STOPPED", "imports-03": "STOPPED"})  # shed, spare
+    monkeypatch.setattr(check, "supervisor", lambda: rpc)
+    return directory, rpc
+
+
+def command(argv):
+    args = check.arguments(argv)
+    report = check.Report(args.check)
+    check.COMMANDS[args.check](args, report)
+    return report
+
+
+def test_pause_records_then_stops_the_group_and_resume_starts_it_less_the_shed(host, capsys):
+    directory, rpc = host
+    report = command(["pause", "imports", "--reason", "database\nupgrade"])
+    assert report.code == check.OK, report.data
+    pause = json.loads((directory / "paused.json").read_text())["imports"]
+    assert pause["reason"] == "database upgrade"  # one line
+    assert stat.S_IMODE((directory / "paused.json").stat().st_mode) == 0o600
+    assert rpc.calls == [("stop", "imports-00"), ("stop", "imports-01")]
+    assert rpc.states["reports-00"] == "RUNNING"
+    assert report.data["actions"][0].startswith("group imports paused since ")
+    assert check.read_paused() == {"imports": pause}
+
+    # The cron check now leaves it stopped, and stops a worker started by hand.
+    rpc.states["imports-01"] = "RUNNING"
+    groups = check.read_manifest(report)
+    paused = check.read_paused()
+    expected = check.expected_processes(groups, {"imports": 1}, paused)
+    check.apply_expected(rpc, expected, report, groups, paused)
+    assert "stopped imports-01 (its group is paused)" in report.data["actions"]
+
+    # Paused again: the time stays, the reason may change.
+    command(["pause", "imports", "--reason", "longer"])
+    again = check.read_paused()["imports"]
+    assert again == {"since": pause["since"], "reason": "longer"}
+
+    rpc.calls.clear()
+    report = command(["resume", "imports"])
+    assert report.code == check.OK, report.data
+    assert check.read_paused() == {}
+    assert rpc.calls == [("start", "imports-00"), ("start", "imports-01")]  # imports-02 shed
+    assert command(["resume", "imports"]).data["notes"] == ["group imports is not paused"]
+
+
+def test_a_group_known_only_from_the_broker_is_recorded_and_nothing_stopped(host):
+    _, rpc = host
+    report = command(["pause", "mail"])
+    assert report.code == check.OK
+    assert set(check.read_paused()) == {"mail"} and rpc.calls == []
+    assert report.data["notes"] == ["no worker of mail runs on this host: nothing to stop"]
+
+
+def test_an_unknown_group_is_refused_naming_the_known_ones(host):
+    report = command(["pause", "imprts"])
+    assert report.code == check.CRITICAL
+    assert report.data["problems"] == [
+        "no group 'imprts' on this host; it knows imports, mail, reports"
+    ]
+    assert check.read_paused() == {}
+    assert command(["resume", "imprts"]).code == check.CRITICAL
+
+
+def test_a_pause_of_a_group_since_removed_can_be_forgotten(host):
+    directory, _ = host
+    (directory / "paused.json").write_text(json.dumps({"gone": PAUSE}))
+    assert command(["resume", "gone"]).code == check.OK
+    assert check.read_paused() == {}

@@ -4,6 +4,8 @@
     brokerfleet-check workers   on worker hosts: restarts what died, sheds load (below)
     brokerfleet-check broker    on broker hosts: alarms, node health, queues (below)
     brokerfleet-check status    what this host runs, at a glance; changes nothing
+    brokerfleet-check pause GROUP [--reason TEXT]   stop a group for maintenance (below)
+    brokerfleet-check resume GROUP                  start it again
 
 Settings come from /etc/brokerfleet/checks.json (--settings; written by the fleet_checks role,
 root's only), so cron runs a bare `brokerfleet-check workers --quiet`; each option below
@@ -27,9 +29,21 @@ WARNING. A node down is a WARNING while a majority of the nodes runs, else CRITI
 partition is CRITICAL; a quorum queue below a majority of its replicas online is CRITICAL, one
 missing a replica a WARNING.
 
+pause: records the group as paused (when, why) in /var/lib/brokerfleet-check/paused.json, then
+stops its workers gracefully (SIGTERM: each finishes its job within stopwaitsecs) and waits
+for them. While a group is paused, the workers check keeps its programs stopped, and neither
+the load guard nor autoscale sheds, gives back or moves its workers; the broker check takes
+its backlog as expected (a note, not "no consumer"); the worker_fleet role renders its
+programs autostart=false, so a re-run of the play or a restart of supervisord keeps them
+stopped. resume: forgets the pause and starts the group's workers, less what the load guard
+shed. The pause is this host's: a broker check elsewhere knows it only once it is paused on
+the broker host too (a group this host only knows from broker.json is recorded, nothing
+stopped). Exit 0 done, 2 refused (no such group), 3 failed (not root: the state is root's).
+
 status: per queue ready, unacked, consumers, in and out rates and the time to drain it; in a
 cluster, each node and each quorum queue's leader and replicas online; the load per CPU and
-the workers running against those expected. --no-broker leaves the broker out.
+the workers running against those expected, and the groups paused. --no-broker leaves the
+broker out.
 
 Every action and problem goes to syslog and /var/log/brokerfleet/check.log. Exit codes follow
 the Nagios convention: 0 OK, 1 WARNING (something was repaired or shed, or needs a look),
@@ -48,6 +62,7 @@ nor reads through a symlink.
 import argparse
 import base64
 import contextlib
+import fcntl
 import json
 import logging
 import logging.handlers
@@ -78,12 +93,19 @@ STATE_DIR = "/var/lib/brokerfleet-check"
 GUARD_STATE = f"{STATE_DIR}/load-guard.json"
 AUTOSCALE_STATE = f"{STATE_DIR}/autoscale.json"
 BROKER_SAMPLE = f"{STATE_DIR}/broker-sample.json"
+# {group: {"since": epoch seconds, "reason": text or None}}: what `pause` recorded. Read by the
+# checks here, and by the worker_fleet role (tasks/stage.yml), which renders autostart=false.
+PAUSE_STATE = f"{STATE_DIR}/paused.json"
+# The lock cron's `flock -n` holds around the workers check (roles/fleet_checks tasks/main.yml).
+WORKERS_LOCK = "/run/brokerfleet-check-workers.lock"
 LOG_FILE = "/var/log/brokerfleet/check.log"
 SUPERVISOR_URL = "unix:///var/run/supervisor.sock"
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATUS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
 # supervisord states in which a worker is not coming back by itself.
 DOWN = {"STOPPED", "EXITED", "FATAL", "UNKNOWN"}
+# States in which supervisord stops a process when asked (STOPPING is already on its way).
+STOPPABLE = {"RUNNING", "STARTING", "BACKOFF"}
 # ActiveMQ usage (percent of a limit) worth a warning; at 100 producers are refused.
 USAGE_WARNING = 80
 # A broker sample older than this is no base for rates: status takes a second one.
@@ -95,9 +117,10 @@ log = logging.getLogger("brokerfleet-check")
 # --- load guard (pure: unit-tested in tests/unit/test_check.py) --------------------------------
 
 
-def guard_step(state, load, groups, high, low, runs):
+def guard_step(state, load, groups, high, low, runs, paused=()):
     """One run of the load guard. Returns (new state, action): action is None, or
-    ("shed", group) / ("restore", group), the group losing or regaining one worker.
+    ("shed", group) / ("restore", group), the group losing or regaining one worker. A group
+    in ``paused`` is neither shed nor given back: its count stays as it was.
 
     ``state`` is {"above": n, "below": n, "shed": {group: count}}; ``load`` is the load per
     CPU, or None when unknown (the guard then holds still). Counters reset after each action,
@@ -115,14 +138,17 @@ def guard_step(state, load, groups, high, low, runs):
         above = below = 0
     action = None
     if above >= runs:
-        victim = _least_important_sheddable(groups, shed)
+        active = [g for g in groups if g["name"] not in paused]
+        victim = _least_important_sheddable(active, shed)
         if victim:
             shed[victim] = shed.get(victim, 0) + 1
             action = ("shed", victim)
         above = 0
-    elif below >= runs and any(shed.values()):
+    elif below >= runs and (
+        restorable := [g for g in groups if shed.get(g["name"]) and g["name"] not in paused]
+    ):
         # Give back to the most important shed group first.
-        group = max((g for g in groups if shed.get(g["name"])), key=lambda g: g["importance"])
+        group = max(restorable, key=lambda g: g["importance"])
         shed[group["name"]] -= 1
         action = ("restore", group["name"])
         below = 0
@@ -151,12 +177,13 @@ def _clamp_shed(shed, groups):
     return {name: min(count, limits[name]) for name, count in shed.items() if name in limits}
 
 
-def expected_processes(groups, shed):
+def expected_processes(groups, shed, paused=()):
     """{program: True if it should run, False if not}, over every program rendered: the first
-    ``processes`` of a group's ``programs`` run, less what the guard shed."""
+    ``processes`` of a group's ``programs`` run, less what the guard shed; none of a group in
+    ``paused``."""
     expected = {}
     for group in groups:
-        keep = group["processes"] - shed.get(group["name"], 0)
+        keep = 0 if group["name"] in paused else group["processes"] - shed.get(group["name"], 0)
         for index, program in enumerate(group["programs"]):
             expected[program] = index < keep
     return expected
@@ -165,7 +192,7 @@ def expected_processes(groups, shed):
 # --- autoscale (pure: unit-tested in tests/unit/test_check.py) ---------------------------------
 
 
-def autoscale_step(moved, groups, backlog, horizon):
+def autoscale_step(moved, groups, backlog, horizon, paused=()):
     """One run of autoscale. Returns (new moved, action): action is None, or
     ("move", from group, to group) / ("return", from group, to group).
 
@@ -174,11 +201,13 @@ def autoscale_step(moved, groups, backlog, horizon):
     longer than ``horizon`` seconds to drain (backlog x job_seconds / workers) gains one
     worker from a group with an idle queue, up to its max and its rendered ``programs``; never
     below a lender's min. It gives one back once its backlog would drain within half the
-    horizon with one worker fewer, so the two rules never undo each other.
+    horizon with one worker fewer, so the two rules never undo each other. A group in
+    ``paused`` neither gains, lends nor gives back: its moves stay as they were.
     """
     moved = {g["name"]: moved.get(g["name"], 0) for g in groups}
     if backlog is None:
         return moved, None
+    groups = [g for g in groups if g["name"] not in paused]
     workers = {g["name"]: g["processes"] + moved[g["name"]] for g in groups}
 
     def drain(group, less=0):
@@ -229,15 +258,26 @@ def group_backlog(groups, sample, now, max_age=300):
 # --- broker and status (pure: unit-tested in tests/unit/test_check.py) ---------------------
 
 
-def broker_problems(sample, queues):
+def broker_problems(sample, queues, paused=None):
     """[(code, message)] for a broker ``sample`` and the worker ``queues`` it must serve:
-    [{"name", "group", "dead"}], ``dead`` being the queue's dead-letter queue."""
+    [{"name", "group", "dead"}], ``dead`` being the queue's dead-letter queue. The jobs
+    waiting for a group in ``paused`` ({group: pause}) are expected: an OK note, not a
+    problem."""
+    paused = paused or {}
     problems = list(sample["alarms"])
     problems += node_problems(sample.get("nodes"), problems)
     for queue in queues:
         seen = sample["queues"].get(queue["name"])
         if seen is None:
             problems.append((WARNING, f"queue {queue['name']} does not exist: re-run the play"))
+        elif seen["ready"] and queue["group"] in paused:
+            problems.append(
+                (
+                    OK,
+                    f"queue {queue['name']}: {seen['ready']} jobs waiting, as expected: "
+                    + pause_text(queue["group"], paused[queue["group"]]),
+                )
+            )
         elif seen["ready"] and not seen["consumers"]:
             problems.append(
                 (
@@ -253,6 +293,13 @@ def broker_problems(sample, queues):
             failed = dead["ready"] + dead["unacked"]
             problems.append((WARNING, f"queue {queue['dead']}: {failed} failed jobs to look at"))
     return problems
+
+
+def pause_text(group, pause):
+    """'group imports paused since 2026-11-23 10:04 UTC (database upgrade)'."""
+    since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(pause.get("since") or 0))
+    reason = f" ({pause['reason']})" if pause.get("reason") else ""
+    return f"group {group} paused since {since}{reason}"
 
 
 def alarm_message(resource, node):
@@ -502,6 +549,34 @@ def write_json(path, data, report=None):
     return save(path, json.dumps(data), report)
 
 
+def read_paused():
+    """{group: {"since", "reason"}} of the groups paused on this host ({} when none, or when
+    this user cannot read the state: status by hand)."""
+    paused = read_json(PAUSE_STATE, {})
+    if not isinstance(paused, dict):
+        return {}
+    return {group: pause for group, pause in paused.items() if isinstance(pause, dict)}
+
+
+@contextlib.contextmanager
+def workers_lock():
+    """Hold the lock of the workers check (cron runs it under `flock -n` on it): a pause or
+    resume waits for a run in progress, and the runs meanwhile skip, so a run never acts on
+    the pause state of before."""
+    directory, name = os.path.split(WORKERS_LOCK)
+    dir_fd = open_directory(directory)
+    try:
+        flags = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 # --- the host ---------------------------------------------------------------------------------
 
 
@@ -558,11 +633,14 @@ def check_workers(args, report):
             return
         report.action("supervisord was down: started it")
     rpc = supervisor()
+    paused = read_paused()
 
     moved = {}
     if args.autoscale_horizon:
         backlog = group_backlog(groups, read_json(args.backlog_source, None), time.time())
-        moved, change = autoscale_step(read_moved(groups), groups, backlog, args.autoscale_horizon)
+        moved, change = autoscale_step(
+            read_moved(groups), groups, backlog, args.autoscale_horizon, paused
+        )
         write_json(AUTOSCALE_STATE, {"manifest": groups, "moved": moved}, report)
         if change:
             verb, lender, taker = change
@@ -571,27 +649,41 @@ def check_workers(args, report):
 
     state = read_json(GUARD_STATE, {})
     load = load_per_cpu(args.load_source)
-    state, action = guard_step(state, load, groups, args.load_high, args.load_low, args.runs)
+    state, action = guard_step(
+        state, load, groups, args.load_high, args.load_low, args.runs, paused
+    )
     write_json(GUARD_STATE, state, report)
     if action:
         verb, group = action
         report.action(f"load guard: {verb} one worker of {group} (load per CPU {load:.2f})")
 
+    apply_expected(rpc, expected_processes(groups, state["shed"], paused), report, groups, paused)
+    describe_workers(args, report, groups)
+
+
+def apply_expected(rpc, expected, report, groups, paused, code=WARNING):
+    """Starts the programs of ``expected`` that should run and are down, stops (SIGTERM: each
+    finishes its job within stopwaitsecs) those that should not and run. Each an action of
+    ``code`` (a WARNING from cron; OK for pause and resume, which were asked to)."""
+    held = {p for g in groups if g["name"] in paused for p in g["programs"]}
     info = {p["name"]: p for p in rpc.getAllProcessInfo()}
-    for name, wanted in expected_processes(groups, state["shed"]).items():
+    for name, wanted in expected.items():
         process = info.get(name)
         if process is None:
             report.problem(CRITICAL, f"{name} is not in supervisord's configuration")
         elif wanted and process["statename"] in DOWN:
             try:
                 rpc.startProcess(name, False)
-                report.action(f"started {name} (was {process['statename']})")
+                report.action(f"started {name} (was {process['statename']})", code)
             except xmlrpc.client.Fault as fault:
                 report.problem(CRITICAL, f"could not start {name}: {fault.faultString}")
-        elif not wanted and process["statename"] in {"RUNNING", "STARTING", "BACKOFF"}:
-            rpc.stopProcess(name, False)  # SIGTERM: it finishes its job within stopwaitsecs
-            report.action(f"stopped {name} (shed by the load guard)")
-    describe_workers(args, report, groups)
+        elif not wanted and process["statename"] in STOPPABLE:
+            try:
+                rpc.stopProcess(name, False)
+                why = "its group is paused" if name in held else "shed by the load guard"
+                report.action(f"stopped {name} ({why})", code)
+            except xmlrpc.client.Fault as fault:  # it ended meanwhile
+                report.problem(WARNING, f"could not stop {name}: {fault.faultString}")
 
 
 def read_manifest(report):
@@ -639,6 +731,7 @@ def describe_workers(args, report, groups):
     """The load, and per group the workers running against those expected. ``groups`` come
     with_moves()."""
     shed = read_json(GUARD_STATE, {}).get("shed", {})
+    paused = read_paused()
     report.data["load_per_cpu"] = load_per_cpu(args.load_source)
     try:
         info = {p["name"]: p for p in supervisor().getAllProcessInfo()}
@@ -648,13 +741,15 @@ def describe_workers(args, report, groups):
     for group in groups:
         names = group["programs"]
         running = sum(info.get(n, {}).get("statename") == "RUNNING" for n in names)
-        expected = group["processes"] - shed.get(group["name"], 0)
+        pause = paused.get(group["name"])
+        expected = 0 if pause else group["processes"] - shed.get(group["name"], 0)
         report.data["groups"][group["name"]] = {
             "expected": expected,
             "configured": group["planned"],
             "moved": group["processes"] - group["planned"],
             "running": running,
             "shed": shed.get(group["name"], 0),
+            "paused": pause,  # {"since", "reason"} or None
         }
         if running < expected and report.data["check"] == "status":
             report.problem(WARNING, f"{group['name']}: {running} of {expected} workers running")
@@ -897,8 +992,11 @@ def check_broker(args, report):
 
 
 def describe_broker(report, config, sample, previous):
-    for code, message in broker_problems(sample, config["queues"]):
-        report.problem(code, message)
+    for code, message in broker_problems(sample, config["queues"], read_paused()):
+        if code == OK:
+            report.note(message)
+        else:
+            report.problem(code, message)
     rates = queue_rates(previous, sample) if previous else {}
     report.data["broker"] = {
         "kind": config["kind"],
@@ -942,15 +1040,116 @@ def status(args, report):
         describe_workers(args, report, with_moves(groups, read_moved(groups)))
 
 
+def known_groups(report):
+    """(the manifest's groups, or [] on a host without workers; every group name this host
+    knows: those and the groups of broker.json's queues)."""
+    groups = (read_manifest(report) or []) if os.path.exists(MANIFEST) else []
+    names = {g["name"] for g in groups}
+    if os.path.exists(BROKER_CONFIG):
+        config = read_controller_file(BROKER_CONFIG, BROKER_FORMAT, report) or {}
+        names |= {queue["group"] for queue in config.get("queues", [])}
+    return groups, names
+
+
+def stop_and_wait(rpc, names, report):
+    """Waits until none of ``names`` runs; supervisord's stopwaitsecs bounds each stop."""
+
+    def running():
+        info = {p["name"]: p["statename"] for p in rpc.getAllProcessInfo()}
+        return [name for name in names if info.get(name) in STOPPABLE | {"STOPPING"}]
+
+    if running():
+        print(f"waiting for {', '.join(running())} to finish their jobs and stop...", flush=True)
+    try:
+        while running():
+            time.sleep(1)
+    except KeyboardInterrupt:
+        report.problem(WARNING, "stopped waiting: the workers still stop (they had SIGTERM)")
+        return False
+    return True
+
+
+def pause_group(args, report):
+    """Records ``args.group`` as paused, then stops its workers gracefully and waits."""
+    groups, names = known_groups(report)
+    if args.group not in names:
+        known = ", ".join(sorted(names)) or "none (has the play run on this host?)"
+        report.problem(CRITICAL, f"no group {args.group!r} on this host; it knows {known}")
+        return
+    paused = read_paused()
+    pause = paused.get(args.group) or {"since": int(time.time()), "reason": None}
+    if args.reason:
+        pause["reason"] = " ".join(args.reason.split())  # one line, in logs and reports
+    paused[args.group] = pause
+    mine = [g for g in groups if g["name"] == args.group]
+    with workers_lock():
+        try:
+            write_file(PAUSE_STATE, json.dumps(paused))
+        except OSError as error:
+            report.problem(UNKNOWN, f"could not record the pause in {PAUSE_STATE}: {error}")
+            return
+        report.action(pause_text(args.group, pause), OK)
+        if not mine:
+            report.note(f"no worker of {args.group} runs on this host: nothing to stop")
+            return
+        rpc = supervisor()
+        expected = expected_processes(mine, {}, paused)
+        try:
+            apply_expected(rpc, expected, report, mine, paused, OK)
+        except OSError:
+            report.problem(WARNING, "supervisord is down: the workers check keeps them stopped")
+            return
+    if stop_and_wait(rpc, list(expected), report):
+        report.note(f"{args.group}: every worker stopped; `brokerfleet-check resume {args.group}`")
+
+
+def resume_group(args, report):
+    """Forgets the pause of ``args.group`` and starts its workers, less what the guard shed.
+    A group paused here and since removed from the play can be resumed (forgotten) too."""
+    groups, names = known_groups(report)
+    if args.group not in names | set(read_paused()):
+        known = ", ".join(sorted(names)) or "none (has the play run on this host?)"
+        report.problem(CRITICAL, f"no group {args.group!r} on this host; it knows {known}")
+        return
+    paused = read_paused()
+    pause = paused.pop(args.group, None)
+    if pause is None:
+        report.note(f"group {args.group} is not paused")
+        return
+    with workers_lock():
+        try:
+            write_file(PAUSE_STATE, json.dumps(paused))
+        except OSError as error:
+            report.problem(UNKNOWN, f"could not forget the pause in {PAUSE_STATE}: {error}")
+            return
+        report.action(f"resumed {pause_text(args.group, pause).removeprefix('group ')}", OK)
+        groups = with_moves(groups, read_moved(groups))
+        mine = [g for g in groups if g["name"] == args.group]
+        if not mine:
+            return
+        shed = read_json(GUARD_STATE, {}).get("shed", {})
+        try:
+            rpc = supervisor()
+            apply_expected(rpc, expected_processes(mine, shed, paused), report, mine, paused, OK)
+        except OSError:
+            report.problem(WARNING, "supervisord is down: the next workers check starts it")
+
+
 class Report:
     def __init__(self, check):
         self.code = OK
-        self.data = {"check": check, "actions": [], "problems": [], "groups": {}}
+        self.data = {"check": check, "actions": [], "problems": [], "notes": [], "groups": {}}
 
-    def action(self, message):
+    def action(self, message, code=WARNING):
         log.warning(message)
         self.data["actions"].append(message)
-        self.code = max(self.code, WARNING)
+        self.code = max(self.code, code)
+
+    def note(self, message):
+        """Worth saying, not a problem: the backlog of a paused group."""
+        if self.data["check"] != "status":
+            log.info(message)
+        self.data["notes"].append(message)
 
     def problem(self, code, message):
         if self.data["check"] != "status":
@@ -960,7 +1159,8 @@ class Report:
 
     def text(self):
         lines = [f"brokerfleet {self.data['check']} {STATUS[self.code]}"]
-        lines += [f"  {m}" for m in self.data["problems"] + self.data["actions"]]
+        messages = self.data["problems"] + self.data["actions"] + self.data["notes"]
+        lines += [f"  {m}" for m in messages]
         broker = self.data.get("broker")
         if broker:
             usage = ", ".join(f"{key} {value}%" for key, value in broker["usage"].items())
@@ -987,6 +1187,8 @@ class Report:
             notes = [f"{group['shed']} shed"] if group["shed"] else []
             if group["moved"]:
                 notes.append(f"{group['moved']:+d} moved by autoscale")
+            if group.get("paused"):
+                notes.append(pause_text(name, group["paused"]).removeprefix(f"group {name} "))
             lines.append(
                 f"  {name}: {group['running']} running of {group['expected']} expected"
                 + (f" ({', '.join(notes)})" if notes else "")
@@ -1001,6 +1203,8 @@ class Report:
         for name, group in self.data["groups"].items():
             for key in ("expected", "running", "shed"):
                 lines.append(f"brokerfleet_workers_{key}{{group={label(name)}}} {group[key]}")
+            paused = int(bool(group.get("paused")))
+            lines.append(f"brokerfleet_group_paused{{group={label(name)}}} {paused}")
         broker = self.data.get("broker", {})
         for resource, percent in broker.get("usage", {}).items():
             lines.append(
@@ -1079,6 +1283,8 @@ def setup_logging():
 
 
 CHECKS = {"workers": check_workers, "broker": check_broker, "status": status}
+# What an operator runs by hand: no settings, no Prometheus textfile, no alert, no news.
+COMMANDS = {"pause": pause_group, "resume": resume_group}
 
 # What checks.json sets, each overridden by its option on the command line.
 SETTINGS_KEYS = (
@@ -1110,7 +1316,9 @@ def apply_settings(args, report):
 
 def arguments(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("check", choices=list(CHECKS))
+    parser.add_argument("check", choices=list(CHECKS) + list(COMMANDS))
+    parser.add_argument("group", nargs="?", help="pause, resume: the worker group")
+    parser.add_argument("--reason", help="pause: why, shown while the group is paused")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--quiet", action="store_true", help="print only news (see above)")
     parser.add_argument("--settings", default=SETTINGS, help="the settings file (see above)")
@@ -1135,7 +1343,12 @@ def arguments(argv):
         help="workers: move workers toward backlogs longer than this many seconds (0: off)",
     )
     parser.add_argument("--backlog-source", help="broker sample autoscale reads (drills)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if (args.check in COMMANDS) != (args.group is not None):
+        parser.error("pause and resume take a group, and only they do")
+    if args.reason is not None and args.check != "pause":
+        parser.error("--reason goes with pause")
+    return args
 
 
 def main(argv):
@@ -1144,13 +1357,17 @@ def main(argv):
     setup_logging()
     report = Report(args.check)
     try:
-        if apply_settings(args, report):
+        if args.check in COMMANDS and os.geteuid() != 0:
+            report.problem(UNKNOWN, f"{args.check} runs as root: {PAUSE_STATE} is root's")
+        elif args.check in COMMANDS:
+            COMMANDS[args.check](args, report)
+        elif apply_settings(args, report):
             CHECKS[args.check](args, report)
     except Exception as error:  # noqa: BLE001 - an UNKNOWN result, not a traceback in cron mail
         report.problem(UNKNOWN, f"the check failed: {error!r}")
 
     news = True
-    if args.check != "status":
+    if args.check in CHECKS and args.check != "status":
         last_path = f"{STATE_DIR}/last-{args.check}.json"
         signature = problem_signature(report.data["problems"])
         news = report.data["actions"] or signature != read_json(last_path, {}).get("problems", [])
@@ -1162,7 +1379,7 @@ def main(argv):
         print(output)
     if args.prometheus:
         save(args.prometheus, report.prometheus(), mode=0o644, any_owner=True)
-    if args.alert_command and news and args.check != "status":
+    if args.alert_command and news and args.check in CHECKS and args.check != "status":
         # The operator's own command line (fleet_checks_alert_command), run as written; the
         # report, queue names and all, only ever goes to its stdin, never into the command.
         subprocess.run(args.alert_command, shell=True, input=report.text(), text=True, check=False)
