@@ -7,7 +7,7 @@ export CONTAINERS_CONF := $(CURDIR)/molecule/containers.conf
 export ANSIBLE_FORCE_COLOR := false
 export PY_COLORS := 0
 
-SCENARIOS := default scale activemq cluster
+SCENARIOS := default faults activemq cluster
 
 .PHONY: deploy status test lint unit molecule test-hosts bench clean
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,39 @@ def test_the_launcher_refuses_root_unless_the_spec_allows_it(tmp_path):
     spec = hostfiles.worker_spec(plan(), BROKER, allow_root=False)
     result = launch(write_spec(tmp_path, spec))
     assert result.returncode != 0 and "would run as root" in result.stderr
+
+
+def test_the_worker_gets_sigterm_when_supervisord_dies(tmp_path):
+    # A stand-in for supervisord starts the launcher, then is killed with -9, as a crashed
+    # supervisord would be: the worker it started must not run on unsupervised.
+    command = f'{sys.executable} -c "import time; time.sleep(60)"'
+    group = plan(command=command, directory=str(tmp_path))
+    path = write_spec(tmp_path, hostfiles.worker_spec(group, BROKER, allow_root=True))
+    starter = (
+        "import subprocess, sys, time; "
+        "print(subprocess.Popen(sys.argv[1:]).pid, flush=True); time.sleep(60)"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", starter, sys.executable, str(EXEC), str(path), "jobs-00"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = int(parent.stdout.readline())
+    time.sleep(0.5)  # the launcher has become the command
+    parent.kill()
+    parent.wait()
+
+    def gone():
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        return state == "Z"  # dead, waiting for whoever adopted it to reap it
+
+    deadline = time.monotonic() + 5
+    while not gone() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert gone(), "the worker outlived its supervisord"
 
 
 @pytest.mark.parametrize(

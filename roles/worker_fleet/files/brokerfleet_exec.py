@@ -13,13 +13,19 @@ the bundle chose.
 
 The process gets supervisord's environment, the spec's, and WORKER_PROCESS=PROCESS, then
 becomes the group's command (exec: same PID, so supervisord signals the worker itself).
+It also asks the kernel for a SIGTERM when supervisord dies: a supervisord killed with -9
+would otherwise leave its workers running unsupervised, beside the fresh fleet that
+brokerfleet-check's relauncher starts. The worker stops as it would at a scale-down.
 """
 
+import ctypes
 import json
 import os
+import signal
 import sys
 
 FORMAT = 1
+PR_SET_PDEATHSIG = 1  # prctl(2); kept across execve of a program that is not set-user-ID
 
 
 def load(path, on_this_host=True):
@@ -52,6 +58,14 @@ def load(path, on_this_host=True):
     return spec
 
 
+def stop_with_parent():
+    """SIGTERM this process (and the command it becomes) when its parent, supervisord, dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        error = ctypes.get_errno()
+        print(f"brokerfleet-exec: prctl(PR_SET_PDEATHSIG): {os.strerror(error)}", file=sys.stderr)
+
+
 def main(argv):
     if len(argv) == 2 and argv[0] == "--check":
         load(argv[1])
@@ -64,6 +78,10 @@ def main(argv):
     if os.getuid() == 0 and not spec.get("allow_root"):
         sys.exit(f"brokerfleet-exec: group {spec.get('group')} would run as root; refused")
     environment = {**os.environ, **spec["environment"], "WORKER_PROCESS": process}
+    parent = os.getppid()
+    stop_with_parent()
+    if os.getppid() != parent:
+        sys.exit(f"brokerfleet-exec: {process}: supervisord is gone; not starting")
     try:
         os.chdir(spec["directory"])
         os.execvpe(spec["argv"][0], spec["argv"], environment)

@@ -1,6 +1,6 @@
 """Re-run to scale: converge at fleet_cpus 2, then 8, then 1 while a backlog drains. Counts
 follow the sizing filters, processes that stay keep their PIDs, surplus ones stop after their
-current job, and no job is lost or done twice."""
+current job (a 35 s one included), and no job is lost or done twice."""
 
 import re
 import time
@@ -19,6 +19,7 @@ from conftest import (
 from brokerfleet import sizing
 
 JOB_SECONDS = 2
+LONG_JOB, LONG_JOB_SECONDS = 900_000, 35
 
 
 def expected(group_vars, cpus):
@@ -80,6 +81,14 @@ def test_rerun_scales_groups_without_restarting_or_losing_anything(broker, worke
     # The run did what the preview said.
     assert set(after_up) == set(before) | added
 
+    # A job longer than the group's max_job_seconds (60 s, from job_seconds 0.2) is refused
+    # and dead-lettered; one of 35 s, taken before the scale-down that stops every thumbnails
+    # worker, is finished by its worker, once, rather than killed (stopwaitsecs 70).
+    worker.check_output("brokerfleet-worker publish --group thumbnails --count 1 --seconds 61")
+    assert wait_until(lambda: queues(broker)["thumbnails.dead"]["messages_ready"] == 1, 30)
+    publish(worker, "thumbnails", 1, LONG_JOB_SECONDS, first_id=LONG_JOB)
+    assert wait_until(lambda: queues(broker)["thumbnails"]["messages_unacknowledged"] == 1, 30)
+
     # Keep all imports workers busy through the next converge, whose handler then stops the
     # surplus ones in the middle of jobs; each must finish and ack its job first.
     busy_rate = grown["imports"] / JOB_SECONDS
@@ -99,6 +108,8 @@ def test_rerun_scales_groups_without_restarting_or_losing_anything(broker, worke
     kept = {name: pid for name, pid in after_up.items() if name in after_down}
     assert {name: after_down[name] for name in kept} == kept
     assert after_down["digest-00"] == before["digest-00"]
+    assert done_ids(worker, "thumbnails").count(LONG_JOB) == 1
+    assert not queues(broker)["thumbnails"]["messages_unacknowledged"]
 
     # Nothing lost: every job is done once or still queued. The imports workers left stop the
     # way the scale-down stopped the others (each finishes its job first), with cron held off
