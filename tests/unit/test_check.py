@@ -103,10 +103,27 @@ def test_bounds_hold_and_it_never_flaps(loads, runs):
 
 # --- broker and status --------------------------------------------------------------------
 
+# As broker.json lists them (queues.checked_queues): reports' dead-letter queues are bounded.
 QUEUES = [
-    {"name": "imports", "group": "imports", "dead": "imports.dead"},
-    {"name": "reports.high", "group": "reports", "dead": "reports.high.dead"},
+    {
+        "name": "imports",
+        "group": "imports",
+        "level": None,
+        "dead": "imports.dead",
+        "dead_max_length": None,
+    },
+    {
+        "name": "reports.high",
+        "group": "reports",
+        "level": "high",
+        "dead": "reports.high.dead",
+        "dead_max_length": 100,
+    },
 ]
+# How each message about imports.dead ends.
+REQUEUE_IMPORTS = (
+    "; requeue them with `brokerfleet-worker move --group imports --from dead --to imports`"
+)
 
 
 def queue(ready=0, unacked=0, consumers=1, published=0, acked=0):
@@ -131,7 +148,7 @@ def test_a_backlog_without_consumer_is_critical_and_failed_jobs_a_warning():
             "queue imports: 12 jobs waiting and no consumer"
             " (workers of group imports down or shed)",
         ),
-        (check.WARNING, "queue imports.dead: 2 failed jobs to look at"),
+        (check.WARNING, "queue imports.dead: 2 failed jobs to look at" + REQUEUE_IMPORTS),
     ]
 
 
@@ -202,6 +219,177 @@ def test_the_status_text_shows_each_queue_with_its_rates_and_drain_time():
     assert lines[0] == "brokerfleet status OK"
     assert lines[3].split() == ["imports", "1000", "4", "1", "1.0", "4.0", "6m"]  # 1004 / 3 s
     assert report.data["broker"]["queues"]["imports"]["drain_seconds"] == 1004 / 3
+
+
+# --- failed jobs: dead-letter queues -----------------------------------------------------------
+
+
+def dead_problems(last=None, **dead):
+    """What broker_problems says of the dead-letter queues ``dead`` ({name: queue()}), the
+    worker queues being fine, given the previous run's sample ``last``."""
+    now = sample(imports=queue(), **{"reports.high": queue()}, **dead)
+    return check.broker_problems(now, QUEUES, None, last)
+
+
+def test_failed_jobs_that_stay_are_a_warning_naming_the_limit_and_how_to_requeue():
+    last = sample(**{"imports.dead": queue(ready=2), "reports.high.dead": queue(ready=5)})
+    found = dead_problems(
+        last, **{"imports.dead": queue(ready=2), "reports.high.dead": queue(ready=4, unacked=1)}
+    )
+    assert found == [
+        (check.WARNING, "queue imports.dead: 2 failed jobs to look at" + REQUEUE_IMPORTS),
+        (
+            check.WARNING,
+            "queue reports.high.dead: 5 failed jobs to look at (limit 100); requeue them with"
+            " `brokerfleet-worker move --group reports --from dead --to high`",
+        ),
+    ]
+    # Fewer than at the previous run (being moved back, or purged): still only a warning.
+    assert dead_problems(last, **{"imports.dead": queue(ready=1)})[0][0] == check.WARNING
+    # Without a previous run to compare with, the same.
+    assert dead_problems(None, **{"imports.dead": queue(ready=2)})[0][0] == check.WARNING
+    # Empty dead-letter queues, listed or not, say nothing.
+    assert dead_problems(last, **{"imports.dead": queue()}) == []
+
+
+def test_more_failed_jobs_than_at_the_previous_run_are_critical():
+    last = sample(**{"imports.dead": queue(ready=2)})
+    found = dead_problems(last, **{"imports.dead": queue(ready=4, unacked=1)})
+    assert found == [
+        (
+            check.CRITICAL,
+            "queue imports.dead: 5 failed jobs, 3 more than at the previous run" + REQUEUE_IMPORTS,
+        )
+    ]
+    # A dead-letter queue the previous sample did not list held nothing then (ActiveMQ makes
+    # one at its first dead letter).
+    [(code, message)] = dead_problems(sample(), **{"imports.dead": queue(ready=1)})
+    assert code == check.CRITICAL and "1 failed jobs, 1 more than at the previous run" in message
+    # Growing, below its limit: the limit is named.
+    last = sample(**{"reports.high.dead": queue(ready=10)})
+    [(code, message)] = dead_problems(last, **{"reports.high.dead": queue(ready=11)})
+    assert code == check.CRITICAL
+    assert message.startswith(
+        "queue reports.high.dead: 11 failed jobs, 1 more than at the previous run, limit 100; "
+    )
+
+
+def test_a_dead_letter_queue_near_its_limit_is_critical():
+    # 90 ready of 100: publishes to it are about to be refused.
+    last = sample(**{"reports.high.dead": queue(ready=90)})
+    [(code, message)] = dead_problems(last, **{"reports.high.dead": queue(ready=90)})
+    assert (code, message) == (
+        check.CRITICAL,
+        "queue reports.high.dead: 90 failed jobs, at or near its limit of 100: once full it"
+        " refuses failed jobs; requeue them with"
+        " `brokerfleet-worker move --group reports --from dead --to high`",
+    )
+    # Only ready jobs count against a max-length: 89 ready and 5 unacked is not near it.
+    steady = sample(**{"reports.high.dead": queue(ready=94)})
+    [(code, message)] = dead_problems(steady, **{"reports.high.dead": queue(ready=89, unacked=5)})
+    assert code == check.WARNING and "94 failed jobs to look at (limit 100)" in message
+    # Full and growing: both said.
+    [(code, message)] = dead_problems(last, **{"reports.high.dead": queue(ready=100)})
+    assert code == check.CRITICAL
+    assert "100 failed jobs, 10 more than at the previous run, at or near its limit" in message
+    # No limit (classic .dead queues, ActiveMQ), however many: never full.
+    [(code, _)] = dead_problems(
+        sample(**{"imports.dead": queue(ready=10**7)}), **{"imports.dead": queue(ready=10**7)}
+    )
+    assert code == check.WARNING
+
+
+def test_queues_of_an_older_broker_json_have_no_known_limit_nor_level():
+    old = [{"name": "reports.high", "group": "reports", "dead": "reports.high.dead"}]
+    now = sample(**{"reports.high": queue(), "reports.high.dead": queue(ready=99)})
+    assert check.broker_problems(now, old, None, now) == [
+        (
+            check.WARNING,
+            "queue reports.high.dead: 99 failed jobs to look at; requeue them with"
+            " `brokerfleet-worker move --group reports --from dead --to reports.high`",
+        )
+    ]
+
+
+def test_growing_and_steady_failed_jobs_are_news_their_figures_are_not():
+    def signature(last, jobs):
+        return check.problem_signature(
+            [m for _, m in dead_problems(last, **{"imports.dead": queue(ready=jobs)})]
+        )
+
+    steady = signature(sample(**{"imports.dead": queue(ready=3)}), 3)
+    assert steady == signature(sample(**{"imports.dead": queue(ready=30)}), 30)
+    growing = signature(sample(**{"imports.dead": queue(ready=3)}), 4)
+    assert growing == signature(sample(**{"imports.dead": queue(ready=30)}), 50)
+    assert growing != steady
+
+
+def test_the_json_and_metrics_show_every_dead_letter_queue():
+    report = check.Report("broker")
+    config = {"kind": "rabbitmq", "queues": QUEUES}
+    last = sample(0.0, **{"reports.high.dead": queue(ready=80)})
+    now = sample(
+        60.0, imports=queue(), **{"reports.high": queue(), "reports.high.dead": queue(ready=95)}
+    )
+    check.describe_broker(report, config, now, None, last=last)
+    assert report.code == check.CRITICAL
+    data = json.loads(json.dumps(report.data))
+    assert data["broker"]["dead_letters"] == {
+        "imports.dead": {
+            "queue": "imports",
+            "group": "imports",
+            "jobs": 0,
+            "max_length": None,
+            "full": False,
+            "previous": 0,
+            "growing": False,
+        },
+        "reports.high.dead": {
+            "queue": "reports.high",
+            "group": "reports",
+            "jobs": 95,
+            "max_length": 100,
+            "full": True,
+            "previous": 80,
+            "growing": True,
+        },
+    }
+    metrics = report.prometheus().splitlines()
+    for line in (
+        'brokerfleet_dead_letter_jobs{queue="imports.dead"} 0',
+        'brokerfleet_dead_letter_full{queue="imports.dead"} 0',
+        'brokerfleet_dead_letter_jobs{queue="reports.high.dead"} 95',
+        'brokerfleet_dead_letter_full{queue="reports.high.dead"} 1',
+        'brokerfleet_dead_letter_max_length{queue="reports.high.dead"} 100',
+    ):
+        assert line in metrics
+    # No limit, no max_length sample.
+    assert not [
+        m for m in metrics if m.startswith('brokerfleet_dead_letter_max_length{queue="imports')
+    ]
+
+
+def test_the_broker_check_compares_with_the_previous_run_however_old(state_dir, monkeypatch):
+    directory, _ = state_dir
+    monkeypatch.setattr(check, "BROKER_SAMPLE", str(directory / "broker-sample.json"))
+    monkeypatch.setattr(check, "PAUSE_STATE", str(directory / "paused.json"))
+    config = {"kind": "rabbitmq", "queues": QUEUES[:1]}
+
+    def run(at, failed):
+        now = sample(at, imports=queue(published=at), **{"imports.dead": queue(ready=failed)})
+        monkeypatch.setattr(check, "read_broker", lambda report: (config, now))
+        report = check.Report("broker")
+        check.check_broker(None, report)
+        return report
+
+    assert run(0.0, 2).code == check.WARNING  # the first run: nothing to compare with
+    # Cron every 30 minutes: too old a sample for rates, not for counting failed jobs.
+    later = run(1800.0, 3)
+    assert later.code == check.CRITICAL
+    assert later.data["broker"]["dead_letters"]["imports.dead"]["previous"] == 2
+    assert later.data["broker"]["queues"]["imports"]["in_per_second"] is None
+    assert run(1860.0, 3).code == check.WARNING
+    assert json.loads((directory / "broker-sample.json").read_text())["time"] == 1860.0
 
 
 # --- a RabbitMQ cluster: nodes and quorum queues ----------------------------------------------
@@ -583,19 +771,25 @@ def test_label_values_are_escaped_as_the_exposition_format_wants():
 def test_awkward_queue_and_group_names_cannot_forge_metrics():
     report = check.Report("broker")
     counts = {"ready": 1, "unacked": 2, "consumers": 3}
-    report.data["broker"] = {"usage": {}, "queues": {name: counts for name in AWKWARD}}
+    dead = {"jobs": 4, "full": True, "max_length": 5}
+    report.data["broker"] = {
+        "usage": {},
+        "queues": {name: counts for name in AWKWARD},
+        "dead_letters": {name: dead for name in AWKWARD},
+    }
     report.data["groups"] = {
         name: {"expected": 1, "running": 1, "shed": 0, "paused": {"since": 0, "reason": name}}
         for name in AWKWARD
     }
     lines = report.prometheus().splitlines()
     # One line per sample: nothing a name holds starts a line of its own.
-    assert len(lines) == 1 + 3 * len(AWKWARD) + 4 * len(AWKWARD)
+    assert len(lines) == 1 + 3 * len(AWKWARD) + 4 * len(AWKWARD) + 3 * len(AWKWARD)
     assert sum(line.startswith("brokerfleet_check_status") for line in lines) == 1
     assert 'brokerfleet_queue_ready{queue="a\\"b"} 1' in lines
     assert 'brokerfleet_workers_running{group="back\\\\slash"} 1' in lines
     forged = 'new\\nline} 1\\nbrokerfleet_check_status{check=\\"x\\"'
     assert f'brokerfleet_queue_consumers{{queue="{forged}"}} 3' in lines
+    assert f'brokerfleet_dead_letter_full{{queue="{forged}"}} 1' in lines
     # Each line parses back: a name, one label whose value unescapes to the original, a value.
     pattern = re.compile(r'^(\w+)\{(\w+)="((?:[^"\\\n]|\\[\\"n])*)"\} (\S+)$')
     unescape = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
@@ -711,7 +905,7 @@ def test_the_backlog_of_a_paused_group_is_expected_not_critical():
             "queue imports: 120 jobs waiting, as expected: group imports paused since"
             " 2026-11-23 10:04 UTC (database upgrade)",
         ),
-        (check.WARNING, "queue imports.dead: 2 failed jobs to look at"),
+        (check.WARNING, "queue imports.dead: 2 failed jobs to look at" + REQUEUE_IMPORTS),
         (
             check.CRITICAL,
             "queue reports.high: 3 jobs waiting and no consumer"

@@ -24,10 +24,12 @@ management API on loopback: memory and disk alarms, virtual hosts running, per q
 unacked and consumers; in a cluster, each node (running, alarms, partitions, drained) and each
 quorum queue's replicas online. ActiveMQ, through its statistics plugin over STOMP on this
 host: memory, store and temp usage against their limits, and the same per queue. A worker
-queue with jobs waiting and no consumer is CRITICAL; failed jobs in a dead-letter queue are a
-WARNING. A node down is a WARNING while a majority of the nodes runs, else CRITICAL; a
-partition is CRITICAL; a quorum queue below a majority of its replicas online is CRITICAL, one
-missing a replica a WARNING.
+queue with jobs waiting and no consumer is CRITICAL. Failed jobs in a dead-letter queue are a
+WARNING, CRITICAL while there are more than at the previous run (the last sample, in
+/var/lib/brokerfleet-check/broker-sample.json) or when it is within 10% of its length limit
+(broker.json): it is about to refuse failed jobs. A node down is a WARNING while a majority
+of the nodes runs, else CRITICAL; a partition is CRITICAL; a quorum queue below a majority of
+its replicas online is CRITICAL, one missing a replica a WARNING.
 
 pause: records the group as paused (when, why) in /var/lib/brokerfleet-check/paused.json, then
 stops its workers gracefully (SIGTERM: each finishes its job within stopwaitsecs) and waits
@@ -108,6 +110,9 @@ DOWN = {"STOPPED", "EXITED", "FATAL", "UNKNOWN"}
 STOPPABLE = {"RUNNING", "STARTING", "BACKOFF"}
 # ActiveMQ usage (percent of a limit) worth a warning; at 100 producers are refused.
 USAGE_WARNING = 80
+# A dead-letter queue this full (ready jobs, percent of its max-length) is CRITICAL: once
+# full, it refuses further failed jobs.
+DEAD_FULL_PERCENT = 90
 # A broker sample older than this is no base for rates: status takes a second one.
 SAMPLE_MAX_AGE = 900
 
@@ -258,11 +263,12 @@ def group_backlog(groups, sample, now, max_age=300):
 # --- broker and status (pure: unit-tested in tests/unit/test_check.py) ---------------------
 
 
-def broker_problems(sample, queues, paused=None):
+def broker_problems(sample, queues, paused=None, last=None):
     """[(code, message)] for a broker ``sample`` and the worker ``queues`` it must serve:
-    [{"name", "group", "dead"}], ``dead`` being the queue's dead-letter queue. The jobs
-    waiting for a group in ``paused`` ({group: pause}) are expected: an OK note, not a
-    problem."""
+    [{"name", "group", "dead", ...}], ``dead`` being the queue's dead-letter queue (broker.json,
+    queues.checked_queues). The jobs waiting for a group in ``paused`` ({group: pause}) are
+    expected: an OK note, not a problem. ``last`` is the previous run's sample, None when there
+    is none: failed jobs are judged against it (dead_letter_problem())."""
     paused = paused or {}
     problems = list(sample["alarms"])
     problems += node_problems(sample.get("nodes"), problems)
@@ -287,12 +293,63 @@ def broker_problems(sample, queues, paused=None):
                 )
             )
         problems += replica_problems(queue["name"], seen)
-        dead = sample["queues"].get(queue["dead"])
-        problems += replica_problems(queue["dead"], dead)
-        if dead and dead["ready"] + dead["unacked"]:
-            failed = dead["ready"] + dead["unacked"]
-            problems.append((WARNING, f"queue {queue['dead']}: {failed} failed jobs to look at"))
+        problems += replica_problems(queue["dead"], sample["queues"].get(queue["dead"]))
+        problems += dead_letter_problem(queue, dead_letters(sample, queue, last))
     return problems
+
+
+def dead_letters(sample, queue, last=None):
+    """What the dead-letter queue of a worker ``queue`` (a broker.json entry) holds in
+    ``sample``: {"queue" (the worker queue), "group", "jobs" (failed jobs: ready and unacked),
+    "max_length" (its limit, None when it has none or broker.json does not say), "full"
+    (ready jobs at DEAD_FULL_PERCENT of it or more: RabbitMQ counts only ready messages
+    against a max-length), "previous" (its jobs in ``last``, the previous run's sample; None
+    without one) and "growing" (more jobs than then)}. A dead-letter queue a sample does not
+    list holds nothing: ActiveMQ creates one at its first dead letter."""
+    dead = sample["queues"].get(queue["dead"]) or {}
+    jobs = dead.get("ready", 0) + dead.get("unacked", 0)
+    limit = queue.get("dead_max_length")
+    previous = None
+    if last and isinstance(last.get("queues"), dict):
+        before = last["queues"].get(queue["dead"]) or {}
+        previous = before.get("ready", 0) + before.get("unacked", 0)
+    return {
+        "queue": queue["name"],
+        "group": queue["group"],
+        "jobs": jobs,
+        "max_length": limit,
+        "full": bool(limit) and dead.get("ready", 0) * 100 >= limit * DEAD_FULL_PERCENT,
+        "previous": previous,
+        "growing": previous is not None and jobs > previous,
+    }
+
+
+def dead_letter_problem(queue, dead):
+    """[(code, message)] for the failed jobs of a worker ``queue``'s dead-letter queue, as
+    dead_letters() found it ([] while it is empty). CRITICAL when it is full (at
+    DEAD_FULL_PERCENT of its limit: it is about to refuse further failed jobs) or growing
+    (more failed jobs than at the previous run: jobs are failing now); a WARNING while it holds
+    the same failed jobs, until someone moves or purges them. Each says how to requeue them,
+    with brokerfleet-worker on a worker host of the group."""
+    jobs, limit = dead["jobs"], dead["max_length"]
+    if not jobs:
+        return []
+    if dead["full"] or dead["growing"]:
+        facts = [f"{jobs} failed jobs"]
+        if dead["growing"]:
+            facts.append(f"{jobs - dead['previous']} more than at the previous run")
+        if dead["full"]:
+            facts.append(f"at or near its limit of {limit}: once full it refuses failed jobs")
+        elif limit:
+            facts.append(f"limit {limit}")
+        code, said = CRITICAL, ", ".join(facts)
+    else:
+        code, said = WARNING, f"{jobs} failed jobs to look at"
+        if limit:
+            said += f" (limit {limit})"
+    target = queue.get("level") or queue["name"]
+    requeue = f"brokerfleet-worker move --group {queue['group']} --from dead --to {target}"
+    return [(code, f"queue {queue['dead']}: {said}; requeue them with `{requeue}`")]
 
 
 def pause_text(group, pause):
@@ -988,11 +1045,17 @@ def check_broker(args, report):
     previous = read_json(BROKER_SAMPLE, None)
     write_json(BROKER_SAMPLE, sample, report)
     fresh = previous and 0 < sample["time"] - previous["time"] <= SAMPLE_MAX_AGE
-    describe_broker(report, config, sample, previous if fresh else None)
+    # Failed jobs are compared with the previous run's sample however old: cron may run the
+    # check every 30 minutes (fleet_checks_minute), and a count, unlike a rate, does not age.
+    describe_broker(report, config, sample, previous if fresh else None, last=previous)
 
 
-def describe_broker(report, config, sample, previous):
-    for code, message in broker_problems(sample, config["queues"], read_paused()):
+def describe_broker(report, config, sample, previous, last=None):
+    """Reports the broker's problems and fills in report.data["broker"]: rates come from
+    ``previous`` (a recent sample, or None), failed jobs are compared with ``last`` (the
+    previous run's sample, whatever its age; ``previous`` when not given)."""
+    last = previous if last is None else last
+    for code, message in broker_problems(sample, config["queues"], read_paused(), last):
         if code == OK:
             report.note(message)
         else:
@@ -1022,6 +1085,10 @@ def describe_broker(report, config, sample, previous):
             # A quorum queue's replicas (nodes), those online and its leader; else None.
             **{key: queue.get(key) for key in ("members", "online", "leader")},
         }
+    # Every watched dead-letter queue, empty ones included (dead_letters()).
+    report.data["broker"]["dead_letters"] = {
+        queue["dead"]: dead_letters(sample, queue, last) for queue in config["queues"]
+    }
 
 
 def status(args, report):
@@ -1217,6 +1284,14 @@ class Report:
         for name, queue in broker.get("queues", {}).items():
             for key in ("ready", "unacked", "consumers"):
                 lines.append(f"brokerfleet_queue_{key}{{queue={label(name)}}} {queue[key]}")
+        for name, dead in broker.get("dead_letters", {}).items():
+            queue = label(name)
+            lines.append(f"brokerfleet_dead_letter_jobs{{queue={queue}}} {dead['jobs']}")
+            lines.append(f"brokerfleet_dead_letter_full{{queue={queue}}} {int(dead['full'])}")
+            if dead["max_length"]:
+                lines.append(
+                    f"brokerfleet_dead_letter_max_length{{queue={queue}}} {dead['max_length']}"
+                )
         return "\n".join(lines) + "\n"
 
 
