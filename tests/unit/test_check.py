@@ -122,7 +122,7 @@ QUEUES = [
 ]
 # How each message about imports.dead ends.
 REQUEUE_IMPORTS = (
-    "; requeue them with `brokerfleet-worker move --group imports --from dead --to imports`"
+    "; requeue them with `brokerfleet-worker move --group imports --from dead`"
 )
 
 

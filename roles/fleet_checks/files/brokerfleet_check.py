@@ -347,8 +347,9 @@ def dead_letter_problem(queue, dead):
         code, said = WARNING, f"{jobs} failed jobs to look at"
         if limit:
             said += f" (limit {limit})"
-    target = queue.get("level") or queue["name"]
-    requeue = f"brokerfleet-worker move --group {queue['group']} --from dead --to {target}"
+    # A plain group's jobs go back to its queue by default; a priority group names the level.
+    to = f" --to {queue['level']}" if queue.get("level") else ""
+    requeue = f"brokerfleet-worker move --group {queue['group']} --from dead{to}"
     return [(code, f"queue {queue['dead']}: {said}; requeue them with `{requeue}`")]
 
 
