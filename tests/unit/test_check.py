@@ -121,9 +121,7 @@ QUEUES = [
     },
 ]
 # How each message about imports.dead ends.
-REQUEUE_IMPORTS = (
-    "; requeue them with `brokerfleet-worker move --group imports --from dead`"
-)
+REQUEUE_IMPORTS = "; requeue them with `brokerfleet-worker move --group imports --from dead`"
 
 
 def queue(ready=0, unacked=0, consumers=1, published=0, acked=0):
@@ -306,7 +304,7 @@ def test_queues_of_an_older_broker_json_have_no_known_limit_nor_level():
         (
             check.WARNING,
             "queue reports.high.dead: 99 failed jobs to look at; requeue them with"
-            " `brokerfleet-worker move --group reports --from dead --to reports.high`",
+            " `brokerfleet-worker move --group reports --from dead`",
         )
     ]
 

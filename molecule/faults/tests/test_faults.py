@@ -22,6 +22,10 @@ from brokerfleet import sizing
 
 GROUP = "imports"  # job_seconds 2, max_job_seconds 60 (molecule.yml)
 CRON_PERIOD = 60
+PUBLISHER = (
+    f"brokerfleet-worker publish --group {GROUP} --count {{count}} --seconds {{seconds}}"
+    " --first-id {first_id}"
+)
 ROWS = []  # one per drill, printed as a table when the module ends
 
 
@@ -50,6 +54,11 @@ def fleet_size(worker):
 def worker_processes(worker):
     """Reference worker processes on the host, supervised or not ([b]: not this shell)."""
     return int(worker.run("pgrep -c -f '[b]rokerfleet-worker$' || true").stdout or 0)
+
+
+def in_background(host, command, name):
+    """Start ``command`` on ``host`` without waiting; its output goes to /tmp/<name>.log."""
+    host.check_output(f"setsid sh -c {shlex.quote(command)} </dev/null >/tmp/{name}.log 2>&1 &")
 
 
 def unsettled(worker):
@@ -121,16 +130,24 @@ def test_a_killed_supervisord_is_back_within_a_cron_period_without_orphans(broke
 
 
 def test_a_broker_restart_mid_drain_loses_nothing_and_workers_reconnect(broker, worker, sizes):
-    drill = Drill("restart the broker", broker, worker, 60, 1, first_id=300_000)
+    drill = Drill("restart the broker (and a publisher)", broker, worker, 60, 1, first_id=300_000)
+    # A publisher is mid-way through 3,000 jobs when the broker goes: it sends again what was
+    # not confirmed once the broker is back.
+    in_background(worker, PUBLISHER.format(count=3000, seconds=0, first_id=310_000), "publisher")
+    drill.ids += range(310_000, 313_000)
+    time.sleep(1)
     drill.fault()
     broker.check_output("service rabbitmq-server restart")
 
     def reconnected():
         consumers = queues(broker)[GROUP]["consumers"]
-        return consumers == sizes[GROUP] and fleet_size(worker) == sizes
+        published = "published 3000" in worker.run("cat /tmp/publisher.log").stdout
+        return published and consumers == sizes[GROUP] and fleet_size(worker) == sizes
 
     drill.finish(reconnected, 90)
-    # Every worker logged why it lost the broker, and kept trying (backoff, never FATAL).
+    # The publisher and every worker logged why they lost the broker and kept trying (with
+    # backoff; no worker ended FATAL).
+    assert "no broker connection" in worker.check_output("cat /tmp/publisher.log")
     logs = worker.check_output(f"cat /var/log/brokerfleet/{GROUP}/*.log")
     assert logs.count("no broker connection") >= sizes[GROUP]
 
@@ -142,11 +159,8 @@ def test_a_disk_alarm_blocks_publishers_while_consumers_drain(broker, worker):
     try:
         assert wait_until(lambda: broker.run("rabbitmq-diagnostics -q check_local_alarms").rc, 30)
         done_before = len(done_ids(worker, GROUP))
-        publisher = "brokerfleet-worker publish --group imports --count 20 --seconds 0.1"
-        worker.check_output(
-            f"setsid sh -c {shlex.quote(publisher + ' --first-id 450000')}"
-            " </dev/null >/tmp/blocked-publisher.log 2>&1 &"
-        )
+        publisher = PUBLISHER.format(count=20, seconds=0.1, first_id=450_000)
+        in_background(worker, publisher, "blocked-publisher")
         time.sleep(8)
         # Publishers wait while consumers keep draining.
         assert "published" not in worker.run("cat /tmp/blocked-publisher.log").stdout
