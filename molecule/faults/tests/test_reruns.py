@@ -1,12 +1,16 @@
-"""Re-run to scale: converge at fleet_cpus 2, then 8, then 1 while a backlog drains. Counts
-follow the sizing filters, processes that stay keep their PIDs, surplus ones stop after their
-current job (a 35 s one included), and no job is lost or done twice."""
+"""Re-runs of site.yml while a backlog drains. To scale: converge at fleet_cpus 2, then 8, then
+1; counts follow the sizing filters, processes that stay keep their PIDs, surplus ones stop
+after their current job (a 35 s one included), and no job is lost or done twice. Then a paused
+group: a re-run and cron's relauncher keep it stopped until it is resumed."""
 
 import re
 import time
 
 from conftest import (
+    STATE,
+    Drill,
     ansible_playbook,
+    check,
     converge,
     done_ids,
     of_group,
@@ -133,3 +137,43 @@ def test_rerun_scales_groups_without_restarting_or_losing_anything(broker, worke
         "grep -l 'SIGTERM: finished the current job' /var/log/brokerfleet/imports/*"
     )
     print(f"{len(finished.stdout.split())} stopped workers finished a job after SIGTERM")
+    worker.run("pkill -f '^sleep 60$'")  # cron's relauncher may run again
+
+    # The job refused as too long waits in thumbnails.dead: the broker check says so, and how
+    # to requeue it, which works (thumbnails has no worker left at fleet_cpus 1 to take it).
+    code, answer = check(broker, "broker")
+    [problem] = [p for p in answer["problems"] if p.startswith("queue thumbnails.dead: 1 ")]
+    assert code in (1, 2) and "brokerfleet-worker move --group thumbnails --from dead" in problem
+    moved = worker.check_output("brokerfleet-worker move --group thumbnails --from dead")
+    assert "moved 1 job" in moved
+    assert queues(broker)["thumbnails.dead"]["messages_ready"] == 0
+    assert queues(broker)["thumbnails"]["messages_ready"] == 1
+    broker.check_output("rabbitmqctl purge_queue -p brokerfleet thumbnails")
+
+
+def test_a_paused_group_stops_gracefully_and_stays_stopped_until_resumed(broker, worker):
+    # digest's one worker (at fleet_cpus 1 now), 8 jobs of 2 s: it is mid-job when paused.
+    drill = Drill("pause, then resume a group", broker, worker, "digest", 8, 2, first_id=600_000)
+    pause = "brokerfleet-check pause digest --reason 'fault drill'"
+    worker.check_output(pause)  # returns once its worker has finished its job and stopped
+    broker.check_output(pause)  # the broker host records it: its check expects the backlog
+    try:
+        assert not of_group(running(worker), "digest")
+        left = queues(broker)["digest"]
+        assert left["messages_unacknowledged"] == 0 and left["messages_ready"] > 0
+        # The broker check says why the backlog waits, without the no-consumer CRITICAL (its
+        # statistics lag a few seconds behind).
+        assert wait_until(lambda: "paused" in str(check(broker, "broker")), 30)
+        assert check(broker, "broker")[0] == 0
+        # A re-run of the play keeps the pause, and so does cron's relauncher, which runs at
+        # least once meanwhile.
+        last_check = f"stat -c %Y {STATE}/last-workers.json"
+        before = int(worker.check_output(last_check))
+        ansible_playbook("site.yml", options=("--limit", "worker"), fleet_cpus=1)
+        assert wait_until(lambda: int(worker.check_output(last_check)) > before, 60)
+        assert not of_group(running(worker), "digest")
+    finally:
+        drill.fault()
+        worker.check_output("brokerfleet-check resume digest")
+        broker.check_output("brokerfleet-check resume digest")
+    drill.finish(lambda: len(of_group(running(worker), "digest")) == 1, 30)
