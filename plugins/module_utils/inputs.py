@@ -164,6 +164,9 @@ NUMBERS = {
     # 0 would mean no limit: one greedy consumer could take a whole queue. 65535 is the most
     # basic.qos carries.
     "rabbitmq_default_consumer_prefetch": Number(integer=True, minimum=1, maximum=65535),
+    # How long the workers stay held around a single broker's restart should the play not
+    # start them again (brokerfleet-check quiesce --for); 0: not stopped at all.
+    "rabbitmq_restart_quiesce_seconds": Number(integer=True, minimum=0, maximum=MAX_JOB_SECONDS),
     # activemq
     "activemq_jmx_port": PORT,
     "activemq_heap_mb": Number(integer=True, minimum=activemq.MIN_HEAP_MB, optional=True),
@@ -175,6 +178,7 @@ NUMBERS = {
     "activemq_default_queue_prefetch": Number(integer=True, minimum=0),
     "activemq_max_connections": Number(integer=True, minimum=1),
     "activemq_max_frame_size_mb": Number(integer=True, minimum=1),
+    "activemq_restart_quiesce_seconds": Number(integer=True, minimum=0, maximum=MAX_JOB_SECONDS),
     # fleet_checks (fleet_checks_load_low must also stay below fleet_checks_load_high)
     "fleet_checks_load_high": Number(minimum=0.1, maximum=4),
     "fleet_checks_load_low": Number(above=0),

@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import stat
+import time
 
 import pytest
 from hypothesis import given
@@ -371,6 +372,7 @@ def test_the_broker_check_compares_with_the_previous_run_however_old(state_dir, 
     directory, _ = state_dir
     monkeypatch.setattr(check, "BROKER_SAMPLE", str(directory / "broker-sample.json"))
     monkeypatch.setattr(check, "PAUSE_STATE", str(directory / "paused.json"))
+    monkeypatch.setattr(check, "QUIESCE_STATE", str(directory / "quiesced.json"))
     config = {"kind": "rabbitmq", "queues": QUEUES[:1]}
 
     def run(at, failed):
@@ -949,7 +951,10 @@ class Supervisor:
         self.states = {name: "RUNNING" for name in running}
         self.calls = []
 
-    def getAllProcessInfo(self):  # noqa: N802 - supervisor's name
+    def getState(self):  # noqa: N802 - supervisor's name
+        return {"statename": "RUNNING"}
+
+    def getAllProcessInfo(self):  # noqa: N802
         return [{"name": name, "statename": state} for name, state in self.states.items()]
 
     def startProcess(self, name, wait):  # noqa: N802
@@ -984,6 +989,7 @@ def host(state_dir, monkeypatch):
         ("GUARD_STATE", "load-guard.json"),
         ("AUTOSCALE_STATE", "autoscale.json"),
         ("PAUSE_STATE", "paused.json"),
+        ("QUIESCE_STATE", "quiesced.json"),
         ("WORKERS_LOCK", "workers.lock"),
     ):
         monkeypatch.setattr(check, constant, str(directory / name))
@@ -1056,3 +1062,168 @@ def test_a_pause_of_a_group_since_removed_can_be_forgotten(host):
     (directory / "paused.json").write_text(json.dumps({"gone": PAUSE}))
     assert command(["resume", "gone"]).code == check.OK
     assert check.read_paused() == {}
+
+
+# --- quiesce and unquiesce the fleet of a host around a broker restart ------------------------
+
+RESTART = "broker restart by site.yml"
+
+
+def workers_run(directory):
+    """One run of the cron workers check, its load between the guard's thresholds."""
+    (directory / "load").write_text("0.6\n")
+    args = check.arguments(["workers", "--load-high", "0.8", "--load-low", "0.5", "--runs", "3"])
+    args.autoscale_horizon, args.load_source = 0, str(directory / "load")
+    report = check.Report("workers")
+    check.check_workers(args, report)
+    return report
+
+
+def quiesced(directory):
+    return json.loads((directory / "quiesced.json").read_text())
+
+
+def test_quiesce_and_unquiesce_take_no_group_and_quiesce_a_time():
+    args = check.arguments(["quiesce", "--for", "600", "--reason", "broker\nrestart"])
+    assert (args.check, args.seconds, args.reason) == ("quiesce", 600, "broker restart")
+    assert check.arguments(["unquiesce"]).seconds is None
+    for argv in (
+        ["quiesce"],
+        ["quiesce", "imports", "--for", "600"],
+        ["quiesce", "--for", "0"],
+        ["unquiesce", "--reason", "x"],
+        ["unquiesce", "imports"],
+        ["pause", "imports", "--for", "600"],
+    ):
+        with pytest.raises(SystemExit) as exit:
+            check.arguments(argv)
+        assert exit.value.code == 2, argv
+
+
+def test_a_quiesce_holds_like_a_pause_until_it_expires_and_a_pause_wins():
+    quiesce = {"until": 1000, "reason": RESTART, "groups": ["imports", "reports"]}
+    held = check.held_groups({"reports": PAUSE}, quiesce, 999)
+    assert held == {"imports": {"until": 1000, "reason": RESTART}, "reports": PAUSE}
+    assert check.held_groups({"reports": PAUSE}, quiesce, 1000) == {"reports": PAUSE}
+    assert check.held_groups({}, None, 0) == {}
+    # The broker check, the guard and autoscale take them as paused.
+    found = check.broker_problems(
+        sample(imports=queue(ready=120, consumers=0)), QUEUES[:1], held, None
+    )
+    assert found == [
+        (
+            check.OK,
+            "queue imports: 120 jobs waiting, as expected: group imports quiesced until"
+            f" {check.utc(1000)} ({RESTART})",
+        )
+    ]
+    assert check.autoscale_step({}, FLEET, {"imports": 600}, 300, held)[1] is None
+
+
+def test_quiesce_stops_the_unpaused_groups_and_leaves_a_paused_one_alone(host):
+    directory, rpc = host
+    (directory / "paused.json").write_text(json.dumps({"reports": PAUSE}))
+    rpc.states["reports-00"] = "STOPPED"
+    before = time.time()
+    report = command(["quiesce", "--for", "600", "--reason", RESTART])
+    assert report.code == check.OK, report.data
+    record = quiesced(directory)
+    assert record["groups"] == ["imports"] and record["reason"] == RESTART
+    assert int(before) + 600 <= record["until"] <= time.time() + 600
+    assert stat.S_IMODE((directory / "quiesced.json").stat().st_mode) == 0o600
+    assert rpc.calls == [("stop", "imports-00"), ("stop", "imports-01")]
+    assert report.data["actions"] == [
+        f"quiesced imports ({RESTART})",
+        "stopped imports-00 (its group is quiesced)",
+        "stopped imports-01 (its group is quiesced)",
+    ]
+    assert report.data["notes"][0].startswith("every worker stopped; held until ")
+    # The pause is the operator's: untouched, and not the quiesce's to end.
+    assert check.read_paused() == {"reports": PAUSE}
+
+
+def test_the_workers_check_keeps_a_quiesce_then_ends_it_once_expired(host):
+    directory, rpc = host
+    command(["quiesce", "--for", "600", "--reason", RESTART])
+    rpc.states["imports-01"] = "RUNNING"  # started by hand
+    rpc.calls.clear()
+    report = workers_run(directory)
+    assert report.data["actions"] == ["stopped imports-01 (its group is quiesced)"]
+    assert report.data["groups"]["imports"]["expected"] == 0
+    assert report.data["groups"]["imports"]["paused"]["reason"] == RESTART
+    assert set(quiesced(directory)["groups"]) == {"imports", "reports"}
+
+    # The play died before its unquiesce: once the time is up, the check starts them.
+    (directory / "quiesced.json").write_text(json.dumps({**quiesced(directory), "until": 1000}))
+    rpc.calls.clear()
+    report = workers_run(directory)
+    assert report.code == check.WARNING
+    assert report.data["actions"][0] == (
+        f"the quiesce of imports, reports ({RESTART}) expired at {check.utc(1000)}:"
+        " starting their workers again"
+    )
+    started = [("start", p) for p in ("imports-00", "imports-01", "reports-00")]
+    assert rpc.calls == started  # imports-02 stays shed
+    assert quiesced(directory) == {} and check.read_quiesce() is None
+
+
+def test_a_quiesced_host_leaves_a_stopped_supervisord_stopped(host, monkeypatch):
+    directory, rpc = host
+    command(["quiesce", "--for", "600"])
+    monkeypatch.setattr(check, "supervisor_state", lambda: "DOWN")
+    monkeypatch.setattr(check.subprocess, "run", lambda *a, **k: pytest.fail("started"))
+    report = workers_run(directory)
+    assert report.code == check.OK and report.data["actions"] == []
+    assert report.data["notes"][0].startswith("supervisord is down: left so while quiesced")
+
+
+def test_unquiesce_starts_the_groups_but_one_paused_meanwhile(host):
+    directory, rpc = host
+    command(["quiesce", "--for", "600", "--reason", RESTART])
+    assert command(["pause", "reports", "--reason", "db"]).code == check.OK
+    rpc.calls.clear()
+    report = command(["unquiesce"])
+    assert report.code == check.OK, report.data
+    assert report.data["actions"][0] == f"unquiesced imports, reports ({RESTART})"
+    assert rpc.calls == [("start", "imports-00"), ("start", "imports-01")]  # imports-02 shed
+    assert report.data["notes"] == [
+        f"{check.pause_text('reports', check.read_paused()['reports'])}: not started"
+    ]
+    assert set(check.read_paused()) == {"reports"} and quiesced(directory) == {}
+    assert command(["unquiesce"]).data["notes"] == ["nothing is quiesced on this host"]
+
+
+def test_a_group_paused_and_resumed_while_quiesced_waits_for_the_unquiesce(host):
+    _, rpc = host
+    command(["quiesce", "--for", "600"])
+    command(["pause", "imports"])
+    rpc.calls.clear()
+    report = command(["resume", "imports"])
+    assert report.code == check.OK and rpc.calls == []
+    assert report.data["notes"][0].startswith("group imports quiesced until ")
+    command(["unquiesce"])
+    assert rpc.calls == [("start", "imports-00"), ("start", "imports-01"), ("start", "reports-00")]
+
+
+def test_quiesce_with_supervisord_down_records_and_warns(host, monkeypatch):
+    directory, rpc = host
+
+    def down():
+        raise ConnectionRefusedError("no socket")
+
+    monkeypatch.setattr(rpc, "getAllProcessInfo", down)
+    report = command(["quiesce", "--for", "600"])
+    assert report.code == check.WARNING
+    assert report.data["problems"] == ["supervisord is down: the workers check keeps them stopped"]
+    assert set(quiesced(directory)["groups"]) == {"imports", "reports"}
+
+
+def test_a_host_without_workers_has_nothing_to_quiesce(host):
+    directory, rpc = host
+    (directory / "fleet.json").unlink()
+    report = command(["quiesce", "--for", "600"])
+    assert report.code == check.OK and rpc.calls == []
+    assert report.data["notes"] == [
+        "no worker group runs unpaused on this host: nothing to quiesce"
+    ]
+    assert not (directory / "quiesced.json").exists()

@@ -328,6 +328,8 @@ def test_broker_host_takes_names_and_addresses(host):
         ({"rabbitmq_queue_max_length": -1}, "rabbitmq_queue_max_length must be an integer >= 0"),
         ({"rabbitmq_default_consumer_prefetch": 0}, "rabbitmq_default_consumer_prefetch must be"),
         ({"rabbitmq_amqp_address": "0.0.0.0\n"}, "rabbitmq_amqp_address must be a host name"),
+        ({"rabbitmq_restart_quiesce_seconds": -1}, "rabbitmq_restart_quiesce_seconds must be"),
+        ({"rabbitmq_restart_quiesce_seconds": "0"}, None),
         (
             {"rabbitmq_extra_config": {"heartbeat": "30\nx = 1"}},
             "rabbitmq_extra_config['heartbeat']",
@@ -352,6 +354,7 @@ def test_broker_host_takes_names_and_addresses(host):
         ({"activemq_max_connections": 0}, "activemq_max_connections must be an integer >= 1"),
         ({"activemq_max_frame_size_mb": 0}, "activemq_max_frame_size_mb must be an integer >= 1"),
         ({"activemq_bind_address": "any"}, None),
+        ({"activemq_restart_quiesce_seconds": 90000}, "within 0-86400, got 90000"),
         ({"fleet_checks_load_high": 5}, "fleet_checks_load_high must be a number within 0.1-4"),
         (
             {"fleet_checks_load_high": "0.8", "fleet_checks_load_low": "0.9"},

@@ -6,6 +6,8 @@
     brokerfleet-check status    what this host runs, at a glance; changes nothing
     brokerfleet-check pause GROUP [--reason TEXT]   stop a group for maintenance (below)
     brokerfleet-check resume GROUP                  start it again
+    brokerfleet-check quiesce --for SECONDS [--reason TEXT]   stop all groups a while (below)
+    brokerfleet-check unquiesce                     start them again
 
 Settings come from /etc/brokerfleet/checks.json (--settings; written by the fleet_checks role,
 root's only), so cron runs a bare `brokerfleet-check workers --quiet`; each option below
@@ -42,10 +44,21 @@ shed. The pause is this host's: a broker check elsewhere knows it only once it i
 the broker host too (a group this host only knows from broker.json is recorded, nothing
 stopped). Exit 0 done, 2 refused (no such group), 3 failed (not root: the state is root's).
 
+quiesce: what the play runs on every worker host before it restarts a single broker node (a
+cluster drains the node instead). Records the groups of this host that are not paused, why,
+and until when in /var/lib/brokerfleet-check/quiesced.json, then stops their workers at once
+(SIGTERM, as pause does) and waits, holding the workers check's lock; once they all stopped,
+the record holds them --for SECONDS more. While it holds, the workers check, the load guard,
+autoscale, the broker check and status treat those groups as paused, and the workers check
+leaves a stopped supervisord stopped. unquiesce forgets the record and starts the groups'
+workers as resume does (a group paused meanwhile stays paused). Once the time is up, the
+workers check forgets the record and starts them itself: a run that died between the two
+leaves the fleet working again. Pauses are never touched. Exit codes as pause's.
+
 status: per queue ready, unacked, consumers, in and out rates and the time to drain it; in a
 cluster, each node and each quorum queue's leader and replicas online; the load per CPU and
-the workers running against those expected, and the groups paused. --no-broker leaves the
-broker out.
+the workers running against those expected, and the groups paused or quiesced. --no-broker
+leaves the broker out.
 
 Every action and problem goes to syslog and /var/log/brokerfleet/check.log. Exit codes follow
 the Nagios convention: 0 OK, 1 WARNING (something was repaired or shed, or needs a look),
@@ -98,6 +111,9 @@ BROKER_SAMPLE = f"{STATE_DIR}/broker-sample.json"
 # {group: {"since": epoch seconds, "reason": text or None}}: what `pause` recorded. Read by the
 # checks here, and by the worker_fleet role (tasks/stage.yml), which renders autostart=false.
 PAUSE_STATE = f"{STATE_DIR}/paused.json"
+# {"until": epoch seconds, "reason": text or None, "groups": [group]}: what `quiesce` recorded,
+# {} once unquiesced or expired. Read by the checks here.
+QUIESCE_STATE = f"{STATE_DIR}/quiesced.json"
 # The lock cron's `flock -n` holds around the workers check (roles/fleet_checks tasks/main.yml).
 WORKERS_LOCK = "/run/brokerfleet-check-workers.lock"
 LOG_FILE = "/var/log/brokerfleet/check.log"
@@ -354,10 +370,20 @@ def dead_letter_problem(queue, dead):
 
 
 def pause_text(group, pause):
-    """'group imports paused since 2026-11-23 10:04 UTC (database upgrade)'."""
-    since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(pause.get("since") or 0))
-    reason = f" ({pause['reason']})" if pause.get("reason") else ""
-    return f"group {group} paused since {since}{reason}"
+    """'group imports paused since 2026-11-23 10:04 UTC (database upgrade)', or for a quiesce
+    (held_groups()) 'group imports quiesced until 2026-11-23 10:14 UTC (broker restart)'."""
+    if "until" in pause:
+        return f"group {group} quiesced until {utc(pause['until'])}{said(pause.get('reason'))}"
+    return f"group {group} paused since {utc(pause.get('since') or 0)}{said(pause.get('reason'))}"
+
+
+def utc(seconds):
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(seconds))
+
+
+def said(reason):
+    """' (database upgrade)', or '' without a reason."""
+    return f" ({reason})" if reason else ""
 
 
 def alarm_message(resource, node):
@@ -616,11 +642,34 @@ def read_paused():
     return {group: pause for group, pause in paused.items() if isinstance(pause, dict)}
 
 
+def read_quiesce():
+    """What `quiesce` recorded ({"until", "reason", "groups"}), expired or not; None when
+    nothing is quiesced (or this user cannot read the state)."""
+    record = read_json(QUIESCE_STATE, None)
+    if not isinstance(record, dict) or not isinstance(record.get("groups"), list):
+        return None
+    return record if isinstance(record.get("until"), int | float) else None
+
+
+def held_groups(paused, quiesce, now):
+    """The groups the checks keep stopped, {group: pause}: ``paused`` (the operator's, as
+    read_paused() gives them), and while ``quiesce`` has not expired at ``now`` each group it
+    holds as {"until", "reason"}; a group both paused and quiesced keeps its pause."""
+    if not quiesce or quiesce["until"] <= now:
+        return paused
+    hold = {"until": quiesce["until"], "reason": quiesce.get("reason")}
+    return {**dict.fromkeys(quiesce["groups"], hold), **paused}
+
+
+def read_held():
+    return held_groups(read_paused(), read_quiesce(), time.time())
+
+
 @contextlib.contextmanager
 def workers_lock():
-    """Hold the lock of the workers check (cron runs it under `flock -n` on it): a pause or
-    resume waits for a run in progress, and the runs meanwhile skip, so a run never acts on
-    the pause state of before."""
+    """Hold the lock of the workers check (cron runs it under `flock -n` on it): a command
+    (pause, quiesce...) waits for a run in progress, and the runs meanwhile skip, so a run
+    never acts on the pause or quiesce state of before."""
     directory, name = os.path.split(WORKERS_LOCK)
     dir_fd = open_directory(directory)
     try:
@@ -682,7 +731,21 @@ def check_workers(args, report):
     groups = read_manifest(report)
     if groups is None:
         return
+    now, quiesce = time.time(), read_quiesce()
+    if quiesce and quiesce["until"] <= now:
+        # The play that quiesced this host did not unquiesce it: it failed, or lost the host.
+        write_json(QUIESCE_STATE, {}, report)
+        report.action(
+            f"the quiesce of {', '.join(quiesce['groups'])}{said(quiesce.get('reason'))} "
+            f"expired at {utc(quiesce['until'])}: starting their workers again"
+        )
+        quiesce = None
     if supervisor_state() != "RUNNING":
+        if quiesce:
+            # Started, it would start the quiesced workers (autostart) amid a broker restart.
+            until = utc(quiesce["until"])
+            report.note(f"supervisord is down: left so while quiesced (until {until})")
+            return
         # A supervisord shutting down first lets its workers finish their jobs.
         wait_for(lambda: supervisor_state() != "SHUTDOWN", 60)
         subprocess.run(["service", "supervisor", "start"], capture_output=True, check=False)
@@ -691,7 +754,7 @@ def check_workers(args, report):
             return
         report.action("supervisord was down: started it")
     rpc = supervisor()
-    paused = read_paused()
+    paused = held_groups(read_paused(), quiesce, now)
 
     moved = {}
     if args.autoscale_horizon:
@@ -722,8 +785,13 @@ def check_workers(args, report):
 def apply_expected(rpc, expected, report, groups, paused, code=WARNING):
     """Starts the programs of ``expected`` that should run and are down, stops (SIGTERM: each
     finishes its job within stopwaitsecs) those that should not and run. Each an action of
-    ``code`` (a WARNING from cron; OK for pause and resume, which were asked to)."""
-    held = {p for g in groups if g["name"] in paused for p in g["programs"]}
+    ``code`` (a WARNING from cron; OK for the commands, which were asked to)."""
+    held = {
+        p: "its group is " + ("quiesced" if "until" in paused[g["name"]] else "paused")
+        for g in groups
+        if g["name"] in paused
+        for p in g["programs"]
+    }
     info = {p["name"]: p for p in rpc.getAllProcessInfo()}
     for name, wanted in expected.items():
         process = info.get(name)
@@ -738,8 +806,7 @@ def apply_expected(rpc, expected, report, groups, paused, code=WARNING):
         elif not wanted and process["statename"] in STOPPABLE:
             try:
                 rpc.stopProcess(name, False)
-                why = "its group is paused" if name in held else "shed by the load guard"
-                report.action(f"stopped {name} ({why})", code)
+                report.action(f"stopped {name} ({held.get(name, 'shed by the load guard')})", code)
             except xmlrpc.client.Fault as fault:  # it ended meanwhile
                 report.problem(WARNING, f"could not stop {name}: {fault.faultString}")
 
@@ -789,7 +856,7 @@ def describe_workers(args, report, groups):
     """The load, and per group the workers running against those expected. ``groups`` come
     with_moves()."""
     shed = read_json(GUARD_STATE, {}).get("shed", {})
-    paused = read_paused()
+    paused = read_held()
     report.data["load_per_cpu"] = load_per_cpu(args.load_source)
     try:
         info = {p["name"]: p for p in supervisor().getAllProcessInfo()}
@@ -807,7 +874,7 @@ def describe_workers(args, report, groups):
             "moved": group["processes"] - group["planned"],
             "running": running,
             "shed": shed.get(group["name"], 0),
-            "paused": pause,  # {"since", "reason"} or None
+            "paused": pause,  # {"since", "reason"}, quiesced {"until", "reason"}, or None
         }
         if running < expected and report.data["check"] == "status":
             report.problem(WARNING, f"{group['name']}: {running} of {expected} workers running")
@@ -1056,7 +1123,7 @@ def describe_broker(report, config, sample, previous, last=None):
     ``previous`` (a recent sample, or None), failed jobs are compared with ``last`` (the
     previous run's sample, whatever its age; ``previous`` when not given)."""
     last = previous if last is None else last
-    for code, message in broker_problems(sample, config["queues"], read_paused(), last):
+    for code, message in broker_problems(sample, config["queues"], read_held(), last):
         if code == OK:
             report.note(message)
         else:
@@ -1147,27 +1214,18 @@ def pause_group(args, report):
     paused = read_paused()
     pause = paused.get(args.group) or {"since": int(time.time()), "reason": None}
     if args.reason:
-        pause["reason"] = " ".join(args.reason.split())  # one line, in logs and reports
+        pause["reason"] = args.reason
     paused[args.group] = pause
     mine = [g for g in groups if g["name"] == args.group]
     with workers_lock():
-        try:
-            write_file(PAUSE_STATE, json.dumps(paused))
-        except OSError as error:
-            report.problem(UNKNOWN, f"could not record the pause in {PAUSE_STATE}: {error}")
+        if not write_state(PAUSE_STATE, paused, "record the pause", report):
             return
         report.action(pause_text(args.group, pause), OK)
         if not mine:
             report.note(f"no worker of {args.group} runs on this host: nothing to stop")
             return
-        rpc = supervisor()
-        expected = expected_processes(mine, {}, paused)
-        try:
-            apply_expected(rpc, expected, report, mine, paused, OK)
-        except OSError:
-            report.problem(WARNING, "supervisord is down: the workers check keeps them stopped")
-            return
-    if stop_and_wait(rpc, list(expected), report):
+        wait = stop_groups(mine, paused, report)
+    if wait and wait():
         report.note(f"{args.group}: every worker stopped; `brokerfleet-check resume {args.group}`")
 
 
@@ -1185,22 +1243,102 @@ def resume_group(args, report):
         report.note(f"group {args.group} is not paused")
         return
     with workers_lock():
-        try:
-            write_file(PAUSE_STATE, json.dumps(paused))
-        except OSError as error:
-            report.problem(UNKNOWN, f"could not forget the pause in {PAUSE_STATE}: {error}")
+        if not write_state(PAUSE_STATE, paused, "forget the pause", report):
             return
         report.action(f"resumed {pause_text(args.group, pause).removeprefix('group ')}", OK)
-        groups = with_moves(groups, read_moved(groups))
-        mine = [g for g in groups if g["name"] == args.group]
+        # A group quiesced as well stays stopped until the quiesce ends.
+        held = held_groups(paused, read_quiesce(), time.time())
+        start_groups(groups, [args.group], held, report)
+
+
+def quiesce_fleet(args, report):
+    """Records the groups of this host that are not paused as quiesced, stops their workers
+    gracefully and waits; then holds them ``args.seconds`` from there."""
+    groups, _ = known_groups(report)
+    with workers_lock():
+        paused = read_paused()
+        mine = [g for g in groups if g["name"] not in paused]
         if not mine:
+            report.note("no worker group runs unpaused on this host: nothing to quiesce")
             return
-        shed = read_json(GUARD_STATE, {}).get("shed", {})
-        try:
-            rpc = supervisor()
-            apply_expected(rpc, expected_processes(mine, shed, paused), report, mine, paused, OK)
-        except OSError:
-            report.problem(WARNING, "supervisord is down: the next workers check starts it")
+        quiesce = {
+            "until": int(time.time()) + args.seconds,
+            "reason": args.reason or None,
+            "groups": [g["name"] for g in mine],
+        }
+        if not write_state(QUIESCE_STATE, quiesce, "record the quiesce", report):
+            return
+        held = held_groups(paused, quiesce, time.time())
+        report.action(f"quiesced {', '.join(quiesce['groups'])}{said(args.reason)}", OK)
+        wait = stop_groups(mine, held, report)
+        # Still under the lock, so that no workers check ends the quiesce while jobs as long
+        # as a group's max_job_seconds finish: the seconds count from when they stopped.
+        if wait and wait():
+            quiesce["until"] = int(time.time()) + args.seconds
+            if write_state(QUIESCE_STATE, quiesce, "record the quiesce", report):
+                report.note(
+                    f"every worker stopped; held until {utc(quiesce['until'])} or until "
+                    "`brokerfleet-check unquiesce`"
+                )
+
+
+def unquiesce_fleet(args, report):
+    """Forgets the quiesce and starts its groups' workers, but those paused meanwhile."""
+    groups, _ = known_groups(report)
+    with workers_lock():
+        quiesce = read_quiesce()
+        if quiesce is None:
+            report.note("nothing is quiesced on this host")
+            return
+        if not write_state(QUIESCE_STATE, {}, "forget the quiesce", report):
+            return
+        names = ", ".join(quiesce["groups"])
+        report.action(f"unquiesced {names}{said(quiesce.get('reason'))}", OK)
+        start_groups(groups, quiesce["groups"], read_paused(), report)
+
+
+def write_state(path, data, what, report):
+    """write_file() of what a command must record; False, reported UNKNOWN, when it could not
+    ("could not <what> in <path>")."""
+    try:
+        write_file(path, json.dumps(data))
+        return True
+    except OSError as error:
+        report.problem(UNKNOWN, f"could not {what} in {path}: {error}")
+        return False
+
+
+def stop_groups(groups, held, report):
+    """SIGTERMs the running programs of ``groups`` (each of them in ``held``) all at once:
+    each worker finishes its job within stopwaitsecs. Returns what waits for them (True once
+    they all stopped), or None when supervisord is down (a WARNING: nothing runs)."""
+    rpc = supervisor()
+    expected = expected_processes(groups, {}, held)
+    try:
+        apply_expected(rpc, expected, report, groups, held, OK)
+    except OSError:
+        report.problem(WARNING, "supervisord is down: the workers check keeps them stopped")
+        return None
+    return lambda: stop_and_wait(rpc, list(expected), report)
+
+
+def start_groups(groups, names, held, report):
+    """Starts the workers of the groups ``names`` among ``groups`` (the manifest's): after
+    autoscale's moves, less what the load guard shed, and none of a group in ``held`` (a note
+    says why)."""
+    groups = with_moves(groups, read_moved(groups))
+    mine = [g for g in groups if g["name"] in names]
+    for group in mine:
+        if group["name"] in held:
+            report.note(f"{pause_text(group['name'], held[group['name']])}: not started")
+    if not mine:
+        return
+    shed = read_json(GUARD_STATE, {}).get("shed", {})
+    try:
+        rpc = supervisor()
+        apply_expected(rpc, expected_processes(mine, shed, held), report, mine, held, OK)
+    except OSError:
+        report.problem(WARNING, "supervisord is down: the next workers check starts it")
 
 
 class Report:
@@ -1360,7 +1498,12 @@ def setup_logging():
 
 CHECKS = {"workers": check_workers, "broker": check_broker, "status": status}
 # What an operator runs by hand: no settings, no Prometheus textfile, no alert, no news.
-COMMANDS = {"pause": pause_group, "resume": resume_group}
+COMMANDS = {
+    "pause": pause_group,
+    "resume": resume_group,
+    "quiesce": quiesce_fleet,
+    "unquiesce": unquiesce_fleet,
+}
 
 # What checks.json sets, each overridden by its option on the command line.
 SETTINGS_KEYS = (
@@ -1394,7 +1537,14 @@ def arguments(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("check", choices=list(CHECKS) + list(COMMANDS))
     parser.add_argument("group", nargs="?", help="pause, resume: the worker group")
-    parser.add_argument("--reason", help="pause: why, shown while the group is paused")
+    parser.add_argument("--reason", help="pause, quiesce: why, shown while the groups are held")
+    parser.add_argument(
+        "--for",
+        dest="seconds",
+        type=int,
+        metavar="SECONDS",
+        help="quiesce: hold the groups stopped this long once their workers stopped",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--quiet", action="store_true", help="print only news (see above)")
     parser.add_argument("--settings", default=SETTINGS, help="the settings file (see above)")
@@ -1420,10 +1570,16 @@ def arguments(argv):
     )
     parser.add_argument("--backlog-source", help="broker sample autoscale reads (drills)")
     args = parser.parse_args(argv)
-    if (args.check in COMMANDS) != (args.group is not None):
+    if (args.check in {"pause", "resume"}) != (args.group is not None):
         parser.error("pause and resume take a group, and only they do")
-    if args.reason is not None and args.check != "pause":
-        parser.error("--reason goes with pause")
+    if args.reason is not None and args.check not in {"pause", "quiesce"}:
+        parser.error("--reason goes with pause and quiesce")
+    if (args.check == "quiesce") != (args.seconds is not None):
+        parser.error("quiesce takes --for SECONDS, and only it does")
+    if args.seconds is not None and args.seconds < 1:
+        parser.error("--for takes a number of seconds above 0")
+    if args.reason is not None:
+        args.reason = " ".join(args.reason.split())  # one line, in logs and reports
     return args
 
 
@@ -1434,7 +1590,7 @@ def main(argv):
     report = Report(args.check)
     try:
         if args.check in COMMANDS and os.geteuid() != 0:
-            report.problem(UNKNOWN, f"{args.check} runs as root: {PAUSE_STATE} is root's")
+            report.problem(UNKNOWN, f"{args.check} runs as root: {STATE_DIR} is root's")
         elif args.check in COMMANDS:
             COMMANDS[args.check](args, report)
         elif apply_settings(args, report):
