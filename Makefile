@@ -34,7 +34,7 @@ lint: $(VENV)/.installed
 	ansible-lint --offline
 
 unit: $(VENV)/.installed
-	pytest
+	pytest -n auto
 
 molecule: $(VENV)/.installed test-hosts
 	set -e; for scenario in $(SCENARIOS); do molecule test --scenario-name $$scenario; done

@@ -734,3 +734,26 @@ def test_the_worker_consumes_publishes_and_moves_without_declaring_a_queue(monke
         calls
     )
     assert not [name for name in calls if "declare" in name]
+
+
+def test_publish_and_move_find_a_group_with_no_process_on_this_host(tmp_path, monkeypatch):
+    # A group at min 0 keeps its spec file when this host runs none of its processes: its
+    # supervisord file has no program to name it, so move --from dead still works there.
+    conf_dir, spec_dir = tmp_path / "conf.d", tmp_path / "workers"
+    conf_dir.mkdir(), spec_dir.mkdir()
+    monkeypatch.setattr(worker, "GROUP_FILE", str(conf_dir / "brokerfleet-{group}.conf"))
+    monkeypatch.setattr(worker, "SPEC_DIR", str(spec_dir))
+    spec = {"environment": {"BROKER_QUEUE": "thumbnails"}}
+    (spec_dir / "thumbnails.9c45980d8e33.json").write_text(json.dumps(spec))
+    (spec_dir / "thumbnails-big.1234.json").write_text("{}")  # another group: not read
+    (conf_dir / "brokerfleet-thumbnails.conf").write_text("; Worker group thumbnails: 0\n")
+    assert worker.group_environment("thumbnails") == spec["environment"]
+    with pytest.raises(SystemExit, match="no worker of group 'thumb'"):
+        worker.group_environment("thumb")
+    # With programs, the file names the spec they start from.
+    (spec_dir / "imports.ab.json").write_text(json.dumps({"environment": {"BROKER_QUEUE": "i"}}))
+    (conf_dir / "brokerfleet-imports.conf").write_text(
+        f"[program:imports-00]\ncommand=/usr/local/bin/brokerfleet-exec {spec_dir}/imports.ab.json"
+        " imports-00\n"
+    )
+    assert worker.group_environment("imports") == {"BROKER_QUEUE": "i"}

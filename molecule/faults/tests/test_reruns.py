@@ -1,21 +1,26 @@
 """Re-runs of site.yml while a backlog drains. To scale: converge at fleet_cpus 2, then 8, then
 1; counts follow the sizing filters, processes that stay keep their PIDs, surplus ones stop
-after their current job (a 35 s one included), and no job is lost or done twice. Then a paused
-group: a re-run and cron's relauncher keep it stopped until it is resumed."""
+after their current job (a 35 s one included), and no job is lost or done twice. Then a re-run
+that restarts the broker (a new memory watermark) while jobs run: every worker finishes its
+job before the restart, none runs twice, and a group paused meanwhile stays paused."""
 
+import datetime
 import re
 import time
 
 from conftest import (
+    DRILLS,
     STATE,
     Drill,
     ansible_playbook,
     check,
     converge,
     done_ids,
+    done_jobs,
     of_group,
     publish,
     queues,
+    rabbitmqctl,
     running,
     wait_until,
 )
@@ -23,12 +28,18 @@ from conftest import (
 from brokerfleet import sizing
 
 JOB_SECONDS = 2
-LONG_JOB, LONG_JOB_SECONDS = 900_000, 35
+LONG_JOB = 900_000
 
 
 def expected(group_vars, cpus):
     # Memory does not bind on the test hosts (GBs of RAM for a budget of at most 32).
     return sizing.split_budget(cpus * group_vars["workers_per_cpu"], group_vars["worker_groups"])
+
+
+def stamp(line):
+    """The Unix time of a supervisord log line ('2026-11-25 08:07:41,065 INFO ...', UTC)."""
+    moment = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+    return moment.replace(tzinfo=datetime.UTC).timestamp()
 
 
 def previewed(output):
@@ -85,12 +96,15 @@ def test_rerun_scales_groups_without_restarting_or_losing_anything(broker, worke
     # The run did what the preview said.
     assert set(after_up) == set(before) | added
 
-    # A job longer than the group's max_job_seconds (60 s, from job_seconds 0.2) is refused
-    # and dead-lettered; one of 35 s, taken before the scale-down that stops every thumbnails
-    # worker, is finished by its worker, once, rather than killed (stopwaitsecs 70).
-    worker.check_output("brokerfleet-worker publish --group thumbnails --count 1 --seconds 61")
+    # A job longer than the group's max_job_seconds (300 s, molecule.yml) is refused and
+    # dead-lettered. One that outlasts the next converge's way to its scale-down, which stops
+    # every thumbnails worker, is finished by its worker, once, rather than killed: its length
+    # is the scale-up converge's time plus a margin (at least 35 s).
+    max_job = group_vars["worker_groups"][1]["max_job_seconds"]
+    publish(worker, "thumbnails", 1, max_job + 1, first_id=LONG_JOB - 1)
     assert wait_until(lambda: queues(broker)["thumbnails.dead"]["messages_ready"] == 1, 30)
-    publish(worker, "thumbnails", 1, LONG_JOB_SECONDS, first_id=LONG_JOB)
+    long_job_seconds = min(max_job - 10, max(35, round(scale_up_seconds) + 20))
+    publish(worker, "thumbnails", 1, long_job_seconds, first_id=LONG_JOB)
     assert wait_until(lambda: queues(broker)["thumbnails"]["messages_unacknowledged"] == 1, 30)
 
     # Keep all imports workers busy through the next converge, whose handler then stops the
@@ -102,6 +116,7 @@ def test_rerun_scales_groups_without_restarting_or_losing_anything(broker, worke
     top_up = max(0, int(busy_rate * scale_up_seconds * 1.3) + 60 - backlog)
     publish(worker, "imports", top_up, JOB_SECONDS, first_id=201)
     total = 200 + top_up
+    scale_down_started = time.time()
     converge(fleet_cpus=1)
     left = queues(broker)["imports"]
     print(f"scale-down converge ended with {left['messages_ready']} jobs still queued")
@@ -113,6 +128,12 @@ def test_rerun_scales_groups_without_restarting_or_losing_anything(broker, worke
     assert {name: after_down[name] for name in kept} == kept
     assert after_down["digest-00"] == before["digest-00"]
     assert done_ids(worker, "thumbnails").count(LONG_JOB) == 1
+    # ... and it was still running when the converge began to stop the thumbnails workers.
+    [finished] = [job[2] for job in done_jobs(worker, "thumbnails") if job[0] == LONG_JOB]
+    log = "/var/log/supervisor/supervisord.log"
+    stopping = worker.run(f"grep -h 'waiting for thumbnails-' {log}").stdout.splitlines()
+    first_stop = min((t for t in map(stamp, stopping) if t >= scale_down_started), default=None)
+    assert first_stop and finished > first_stop, f"the {long_job_seconds} s job was not in flight"
     assert not queues(broker)["thumbnails"]["messages_unacknowledged"]
 
     # Nothing lost: every job is done once or still queued. The imports workers left stop the
@@ -151,9 +172,29 @@ def test_rerun_scales_groups_without_restarting_or_losing_anything(broker, worke
     broker.check_output("rabbitmqctl purge_queue -p brokerfleet thumbnails")
 
 
-def test_a_paused_group_stops_gracefully_and_stays_stopped_until_resumed(broker, worker):
+def watermark(broker):
+    return rabbitmqctl(broker, "status")["vm_memory_high_watermark_setting"]
+
+
+def longest_idle(jobs):
+    """The longest time, in seconds, during which none of ``jobs`` (id, started, finished) ran."""
+    idle, end = 0.0, None
+    for _, started, finished in sorted(jobs, key=lambda job: job[1]):
+        if end is not None:
+            idle = max(idle, started - end)
+        end = finished if end is None else max(end, finished)
+    return round(idle, 1)
+
+
+def test_a_broker_restart_by_site_yml_finishes_jobs_first_and_keeps_a_pause(
+    broker, worker, group_vars
+):
+    """A re-run that changes the single broker's configuration restarts it: every worker first
+    finishes and acks its job and stops, then the broker restarts and the workers start again,
+    so no job runs twice. A group paused for maintenance stays paused through that run and
+    through cron's relauncher, until it is resumed."""
     # digest's one worker (at fleet_cpus 1 now), 8 jobs of 2 s: it is mid-job when paused.
-    drill = Drill("pause, then resume a group", broker, worker, "digest", 8, 2, first_id=600_000)
+    paused = Drill("pause, re-run, resume a group", broker, worker, "digest", 8, 2, 600_000)
     pause = "brokerfleet-check pause digest --reason 'fault drill'"
     worker.check_output(pause)  # returns once its worker has finished its job and stopped
     broker.check_output(pause)  # the broker host records it: its check expects the backlog
@@ -165,15 +206,32 @@ def test_a_paused_group_stops_gracefully_and_stays_stopped_until_resumed(broker,
         # statistics lag a few seconds behind).
         assert wait_until(lambda: "paused" in str(check(broker, "broker")), 30)
         assert check(broker, "broker")[0] == 0
-        # A re-run of the play keeps the pause, and so does cron's relauncher, which runs at
-        # least once meanwhile.
+
+        imports = expected(group_vars, 1)["imports"]
+        # The imports workers (3 at fleet_cpus 1) are mid-job when the run changes the
+        # broker's memory watermark (0.4 by default), which takes a restart.
+        restart = Drill(
+            "site.yml restarts the broker mid-drain", broker, worker, "imports", 40, 2, 700_000
+        )
+        assert watermark(broker) == {"relative": 0.4}
         last_check = f"stat -c %Y {STATE}/last-workers.json"
         before = int(worker.check_output(last_check))
-        ansible_playbook("site.yml", options=("--limit", "worker"), fleet_cpus=1)
+        restart.fault()
+        output = converge(fleet_cpus=1, rabbitmq_memory_fraction=0.35)
+        assert watermark(broker) == {"relative": 0.35}
+        assert "Stop the workers gracefully and hold them stopped" in output
+        back = restart.finish(lambda: len(of_group(running(worker), "imports")) == imports, 60)
+        assert back < 300
+        assert DRILLS[-1][5] == 0, "jobs ran twice: the broker restarted under running jobs"
+        ran = [job for job in done_jobs(worker, "imports") if job[0] in set(restart.ids)]
+        print(f"no imports job ran for {longest_idle(ran)} s around the broker restart")
+
+        # The pause held through the run's quiesce, and holds through cron's relauncher.
+        assert not of_group(running(worker), "digest")
         assert wait_until(lambda: int(worker.check_output(last_check)) > before, 60)
         assert not of_group(running(worker), "digest")
     finally:
-        drill.fault()
+        paused.fault()
         worker.check_output("brokerfleet-check resume digest")
         broker.check_output("brokerfleet-check resume digest")
-    drill.finish(lambda: len(of_group(running(worker), "digest")) == 1, 30)
+    paused.finish(lambda: len(of_group(running(worker), "digest")) == 1, 30)

@@ -524,14 +524,25 @@ def job_allowance(environment):
     return float(value) if value else None
 
 
+GROUP_FILE = "/etc/supervisor/conf.d/brokerfleet-{group}.conf"
+SPEC_DIR = "/etc/brokerfleet/workers"
+
+
 def group_environment(group):
     """The environment the workers of ``group`` get: the spec file their programs start from
-    (brokerfleet-exec SPEC PROCESS, in the group's supervisord file)."""
+    (brokerfleet-exec SPEC PROCESS, in the group's supervisord file). A group with no process
+    on this host (min 0) still has its one spec file, <group>.<revision>.json: the run removes
+    the others."""
     config = configparser.RawConfigParser(interpolation=None)
-    path = f"/etc/supervisor/conf.d/brokerfleet-{group}.conf"
-    if not config.read(path) or not config.sections():
-        sys.exit(f"no worker of group {group!r} in {path}")
-    spec = config.get(config.sections()[0], "command").split()[1]
+    path = GROUP_FILE.format(group=group)
+    if config.read(path) and config.sections():
+        spec = config.get(config.sections()[0], "command").split()[1]
+    else:
+        names = os.listdir(SPEC_DIR) if os.path.isdir(SPEC_DIR) else []
+        specs = [n for n in names if n.endswith(".json") and n.rsplit(".", 2)[0] == group]
+        if len(specs) != 1:
+            sys.exit(f"no worker of group {group!r} in {path}, nor its spec in {SPEC_DIR}")
+        spec = os.path.join(SPEC_DIR, specs[0])
     with open(spec, encoding="utf-8") as handle:
         return json.load(handle)["environment"]
 
