@@ -71,13 +71,18 @@ def test_a_broker_restart_mid_drain_loses_nothing_and_workers_reconnect(broker, 
     drill = Drill(
         "restart the broker (and a publisher)", broker, worker, GROUP, 60, 1, first_id=300_000
     )
-    # A publisher is mid-way through 3,000 jobs when the broker goes: it sends again what was
-    # not confirmed once the broker is back.
+    # A publisher is mid-way when the broker goes: a disk alarm holds its first messages
+    # unconfirmed (the broker stops reading from publishers, not consumers) until the restart,
+    # which ends the alarm (set_disk_free_limit lasts until then). It must send them again.
+    broker.check_output("rabbitmqctl set_disk_free_limit 100000GB")  # above any free disk
+    assert wait_until(lambda: broker.run("rabbitmq-diagnostics -q check_local_alarms").rc, 30)
     in_background(worker, PUBLISHER.format(count=3000, seconds=0, first_id=310_000), "publisher")
     drill.ids += range(310_000, 313_000)
-    time.sleep(1)
+    time.sleep(3)
+    assert "published" not in worker.check_output("cat /tmp/publisher.log")
     drill.fault()
     broker.check_output("service rabbitmq-server restart")
+    assert broker.run("rabbitmq-diagnostics -q check_local_alarms").rc == 0
 
     def reconnected():
         consumers = queues(broker)[GROUP]["consumers"]

@@ -145,7 +145,7 @@ def test_rerun_scales_groups_without_restarting_or_losing_anything(broker, worke
     )
     time.sleep(2)  # until flock holds it (after any run in progress)
     worker.check_output("supervisorctl stop " + " ".join(of_group(running(worker), "imports")))
-    done = done_ids(worker, "imports")
+    done = [i for i in done_ids(worker, "imports") if i <= total]  # (drills use 100,000 up)
     left = queues(broker)["imports"]
     print(f"{len(done)} jobs done, {left['messages_ready']} still queued, of {total}")
     assert len(done) == len(set(done)), "jobs done twice"
@@ -193,6 +193,9 @@ def test_a_broker_restart_by_site_yml_finishes_jobs_first_and_keeps_a_pause(
     finishes and acks its job and stops, then the broker restarts and the workers start again,
     so no job runs twice. A group paused for maintenance stays paused through that run and
     through cron's relauncher, until it is resumed."""
+    imports = expected(group_vars, 1)["imports"]
+    # Cron's relauncher starts the imports workers the previous test stopped.
+    assert wait_until(lambda: len(of_group(running(worker), "imports")) == imports, 75)
     # digest's one worker (at fleet_cpus 1 now), 8 jobs of 2 s: it is mid-job when paused.
     paused = Drill("pause, re-run, resume a group", broker, worker, "digest", 8, 2, 600_000)
     pause = "brokerfleet-check pause digest --reason 'fault drill'"
@@ -207,11 +210,10 @@ def test_a_broker_restart_by_site_yml_finishes_jobs_first_and_keeps_a_pause(
         assert wait_until(lambda: "paused" in str(check(broker, "broker")), 30)
         assert check(broker, "broker")[0] == 0
 
-        imports = expected(group_vars, 1)["imports"]
         # The imports workers (3 at fleet_cpus 1) are mid-job when the run changes the
         # broker's memory watermark (0.4 by default), which takes a restart.
         restart = Drill(
-            "site.yml restarts the broker mid-drain", broker, worker, "imports", 40, 2, 700_000
+            "site.yml restarts the broker mid-drain", broker, worker, "imports", 40, 2, 800_000
         )
         assert watermark(broker) == {"relative": 0.4}
         last_check = f"stat -c %Y {STATE}/last-workers.json"
