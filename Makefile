@@ -7,7 +7,7 @@ export CONTAINERS_CONF := $(CURDIR)/molecule/containers.conf
 export ANSIBLE_FORCE_COLOR := false
 export PY_COLORS := 0
 
-SCENARIOS := default scale activemq cluster
+SCENARIOS := default faults activemq cluster
 
 .PHONY: deploy status test lint unit molecule test-hosts bench clean
 
@@ -34,7 +34,7 @@ lint: $(VENV)/.installed
 	ansible-lint --offline
 
 unit: $(VENV)/.installed
-	pytest
+	pytest -n auto
 
 molecule: $(VENV)/.installed test-hosts
 	set -e; for scenario in $(SCENARIOS); do molecule test --scenario-name $$scenario; done

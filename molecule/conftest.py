@@ -3,6 +3,7 @@ on them (rabbitmqctl, supervisorctl, the reference worker's publish verb)."""
 
 import json
 import os
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -128,3 +129,76 @@ def cron_runs(*checks, timeout=75):
 
     waits = [renewed_since(host, name, int(host.check_output("date +%s"))) for host, name in checks]
     return all(wait_until(renewed, timeout) for renewed in waits)
+
+
+def in_background(host, command, name):
+    """Start ``command`` on ``host`` without waiting; its output goes to /tmp/<name>.log."""
+    host.check_output(f"setsid sh -c {shlex.quote(command)} </dev/null >/tmp/{name}.log 2>&1 &")
+
+
+def unsettled(worker):
+    """supervisord processes that gave up or keep failing to start."""
+    states = worker.run("supervisorctl status").stdout
+    return [line for line in states.splitlines() if " FATAL " in line or " BACKOFF " in line]
+
+
+def rabbitmq_depth(broker, queue):
+    """(ready, unacked) jobs of ``queue``."""
+    found = queues(broker)[queue]
+    return found["messages_ready"], found["messages_unacknowledged"]
+
+
+DRILLS = []  # a row per fault drill, printed as a table when the session ends
+
+
+@pytest.fixture(scope="session", autouse=True)
+def drill_table():
+    yield
+    if DRILLS:
+        header = ("drill", "published", "completed", "queued", "lost", "duplicates", "recovery s")
+        lines = [header, *DRILLS]
+        widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+        print()
+        for line in lines:
+            print("| " + " | ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)))
+
+
+class Drill:
+    """A fault drill: a backlog of ``count`` confirmed, persistent jobs of ``seconds`` (ids
+    from ``first_id``) draining through ``group``'s workers (from its ``level``'s queue, for a
+    group with priority levels). `fault()` starts the recovery clock; `finish()` waits until
+    the fleet is back and the queue drained, then counts every job (published = completed +
+    still queued) and adds the row to the table. ``depth(broker, queue)`` gives a queue's
+    (ready, unacked) jobs."""
+
+    def __init__(
+        self, name, broker, worker, group, count, seconds, first_id, level=None, depth=None
+    ):
+        self.name, self.broker, self.worker = name, broker, worker
+        self.queue = f"{group}.{level}" if level else group
+        self.depth = depth or rabbitmq_depth
+        self.ids = list(range(first_id, first_id + count))
+        publish(worker, group, count, seconds, first_id, level)
+        assert wait_until(lambda: self.depth(broker, self.queue)[1], 30), "no worker took a job"
+        time.sleep(seconds / 2)  # the workers are mid-job
+        self.started = None
+
+    def fault(self):
+        self.started = time.monotonic()
+
+    def finish(self, recovered, timeout):
+        """Wait for ``recovered()``, then for the queue to drain; the seconds to recovery."""
+        back = wait_until(recovered, timeout, step=0.5)
+        recovery = round(time.monotonic() - self.started, 1)
+        assert back, f"{self.name}: the fleet was not back within {timeout} s"
+        wait_until(lambda: not any(self.depth(self.broker, self.queue)), 180)
+        wanted = set(self.ids)
+        done = [i for i in done_ids(self.worker, self.queue) if i in wanted]
+        queued = sum(self.depth(self.broker, self.queue))
+        completed, duplicates = len(set(done)), len(done) - len(set(done))
+        lost = len(self.ids) - completed - queued
+        DRILLS.append((self.name, len(self.ids), completed, queued, lost, duplicates, recovery))
+        print(DRILLS[-1])
+        assert lost == 0, f"{self.name}: {lost} jobs lost"
+        assert not unsettled(self.worker)
+        return recovery

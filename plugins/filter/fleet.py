@@ -44,6 +44,12 @@ def union_groups(worker_hosts, hostvars, fallback=None):
     return inputs.union_groups(_groups_by_host(worker_hosts, hostvars), fallback)
 
 
+def group_definitions(worker_hosts, hostvars, fallback=None):
+    """``groups['workers'] | fleet_group_definitions(hostvars, worker_groups)``:
+    inputs.group_definitions, every host's definition of every group."""
+    return inputs.group_definitions(_groups_by_host(worker_hosts, hostvars), fallback)
+
+
 def union_errors(worker_hosts, hostvars, broker_kind="rabbitmq"):
     """``groups['workers'] | fleet_union_errors(hostvars, broker_kind)``: inputs.union_errors."""
     return inputs.union_errors(_groups_by_host(worker_hosts, hostvars), broker_kind)
@@ -62,6 +68,7 @@ class FilterModule:
             "fleet_topology_errors": _adapt(inputs.topology_errors),
             "fleet_union_groups": _adapt(union_groups),
             "fleet_union_errors": _adapt(union_errors),
+            "fleet_group_definitions": _adapt(group_definitions),
             "fleet_host_cpus": _adapt(sizing.host_cpus),
             "fleet_worker_budget": _adapt(sizing.worker_budget),
             "fleet_plan": _adapt(sizing.fleet_plan),
@@ -83,6 +90,7 @@ class FilterModule:
             "activemq_queue_policies": _adapt(sizing.activemq_queue_policies),
             "fleet_poll_order": _adapt(queues.poll_order),
             "rabbitmq_memory_watermark": _adapt(sizing.memory_watermark),
+            "rabbitmq_consumer_timeout": _adapt(sizing.consumer_timeout_ms),
             "worker_specs": _adapt(hostfiles.worker_specs),
             "rabbitmq_users": _adapt(access.rabbitmq_users),
             "rabbitmq_access_changes": _adapt(access.rabbitmq_access_changes),

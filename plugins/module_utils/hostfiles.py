@@ -112,11 +112,17 @@ def checks_settings(
 
 def broker_config(groups, broker: dict) -> dict:
     """How brokerfleet-check reaches this host's broker, and which queues it watches (each
-    consumed queue, its group and its dead-letter queue). ``broker`` holds kind, user, password
-    and what the kind's ``check_access`` needs (plugins/module_utils/brokers.py); ``user`` and
-    ``password`` are broker_user's and broker_password. On RabbitMQ the check logs in as its own
-    user, made from them (access.check_credentials); on ActiveMQ as broker_user. Root's only
-    (0600): it holds the password."""
+    consumed queue, its group, its priority level, its dead-letter queue and that queue's
+    length limit: queues.checked_queues). ``broker`` holds kind, user, password and what the
+    kind's ``check_access`` needs (plugins/module_utils/brokers.py); ``user`` and ``password``
+    are broker_user's and broker_password. On RabbitMQ the check logs in as its own user, made
+    from them (access.check_credentials); on ActiveMQ as broker_user. On RabbitMQ ``broker``
+    also holds ``queue_max_length`` and ``queue_type`` (rabbitmq_queue_max_length and
+    broker_queue_type; 0 and classic when left out), which decide the dead-letter queues'
+    limit. Root's only (0600): it holds the password.
+
+    Queue entries written by an older bundle lack ``level`` and ``dead_max_length``: the check
+    reads them as no level and no known limit, so no format bump."""
     kind = brokers.kind(broker["kind"])
     user, password = access.check_credentials(kind.name, broker)
     return {
@@ -125,7 +131,12 @@ def broker_config(groups, broker: dict) -> dict:
         **kind.check_access(broker),
         "user": user,
         "password": password,
-        "queues": queues.checked_queues(groups, kind.name),
+        "queues": queues.checked_queues(
+            groups,
+            kind.name,
+            broker.get("queue_max_length", 0),
+            broker.get("queue_type", "classic"),
+        ),
     }
 
 

@@ -31,6 +31,9 @@ GROUP_DEFAULTS = {
     "min": 1,
     "max": None,
     "job_seconds": 5,
+    # The longest a job may run (the worker's allowance, the stop timeout, RabbitMQ's
+    # consumer_timeout). None: derived from job_seconds (sizing.max_job_seconds says how, why).
+    "max_job_seconds": None,
     "importance": 3,
     "environment": {},
     "recycle_after": None,
@@ -81,6 +84,7 @@ BUNDLE_ENVIRONMENT = frozenset(
         "WORKER_GROUP",
         "WORKER_PROCESS",
         "WORKER_RECYCLE_AFTER",
+        "WORKER_MAX_JOB_SECONDS",
     }
 )
 # C0 controls (newline, carriage return and tab among them), DEL and the C1 controls: in a
@@ -101,7 +105,8 @@ QUEUE_TYPES = queues.QUEUE_TYPES
 # Templates render some of them as given, hence no "+" and no leading zeros either.
 INTEGER_TEXT = re.compile(r"-?(0|[1-9][0-9]*)")
 DECIMAL_TEXT = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?|-?\.[0-9]+")
-# Longest job a group may declare: one day (job_seconds), and the longest autoscale horizon.
+# Longest job a group may declare: one day (job_seconds, max_job_seconds; the reference worker
+# takes no longer job either), and the longest autoscale horizon.
 MAX_JOB_SECONDS = 86400
 
 
@@ -159,6 +164,9 @@ NUMBERS = {
     # 0 would mean no limit: one greedy consumer could take a whole queue. 65535 is the most
     # basic.qos carries.
     "rabbitmq_default_consumer_prefetch": Number(integer=True, minimum=1, maximum=65535),
+    # How long the workers stay held around a single broker's restart should the play not
+    # start them again (brokerfleet-check quiesce --for); 0: not stopped at all.
+    "rabbitmq_restart_quiesce_seconds": Number(integer=True, minimum=0, maximum=MAX_JOB_SECONDS),
     # activemq
     "activemq_jmx_port": PORT,
     "activemq_heap_mb": Number(integer=True, minimum=activemq.MIN_HEAP_MB, optional=True),
@@ -170,6 +178,7 @@ NUMBERS = {
     "activemq_default_queue_prefetch": Number(integer=True, minimum=0),
     "activemq_max_connections": Number(integer=True, minimum=1),
     "activemq_max_frame_size_mb": Number(integer=True, minimum=1),
+    "activemq_restart_quiesce_seconds": Number(integer=True, minimum=0, maximum=MAX_JOB_SECONDS),
     # fleet_checks (fleet_checks_load_low must also stay below fleet_checks_load_high)
     "fleet_checks_load_high": Number(minimum=0.1, maximum=4),
     "fleet_checks_load_low": Number(above=0),
@@ -669,6 +678,17 @@ def _group_number_errors(group: dict) -> list[str]:
     seconds = group.get("job_seconds", GROUP_DEFAULTS["job_seconds"])
     if not is_number(seconds) or not 0 < seconds <= MAX_JOB_SECONDS:
         errors.append(f"job_seconds must be a number > 0 and <= {MAX_JOB_SECONDS}, got {seconds!r}")
+        seconds = None
+    longest = group.get("max_job_seconds")
+    if longest is not None and (not is_number(longest) or not 0 < longest <= MAX_JOB_SECONDS):
+        errors.append(
+            f"max_job_seconds must be a number > 0 and <= {MAX_JOB_SECONDS} when set, "
+            f"got {longest!r}"
+        )
+    elif longest is not None and seconds is not None and longest < seconds:
+        errors.append(
+            f"max_job_seconds ({longest:g}) must be >= job_seconds ({seconds:g}), the typical job"
+        )
     importance = group.get("importance", GROUP_DEFAULTS["importance"])
     if not is_integer(importance) or not 1 <= importance <= 5:
         errors.append(f"importance must be 1 (shed first) to 5 (never shed), got {importance!r}")
@@ -851,6 +871,23 @@ def union_errors(groups_by_host: dict, broker_kind: str = "rabbitmq") -> list[st
                 "them another broker_user"
             )
     return errors
+
+
+def group_definitions(groups_by_host: dict, fallback=None) -> list:
+    """Every worker host's definition of every group, a group defined on three hosts three
+    times (``groups_by_host`` and ``fallback`` as for union_groups): what a broker setting that
+    must suit every worker is computed over (RabbitMQ's consumer_timeout), where union_groups
+    keeps only the first definition of each group, and job_seconds or max_job_seconds may
+    differ between hosts."""
+    lists = [groups for groups in groups_by_host.values() if isinstance(groups, list)]
+    if not lists:
+        return [] if fallback is None else fallback
+    return [
+        group
+        for groups in lists
+        for group in groups
+        if isinstance(group, dict) and isinstance(group.get("name"), str)
+    ]
 
 
 def _broker_facing(group: dict, key: str):

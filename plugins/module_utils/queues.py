@@ -58,14 +58,27 @@ def consumed_queues(group) -> list[str]:
     return [f"{queue}.{level}" for level in PRIORITY_LEVELS if level in levels]
 
 
-def checked_queues(groups, broker_kind) -> list[dict]:
+def checked_queues(groups, broker_kind, max_length=0, queue_type="classic") -> list[dict]:
     """What brokerfleet-check watches on the broker: each consumed queue, its group (the
-    first that consumes it) and its dead-letter queue on ``broker_kind``."""
+    first that consumes it), its priority ``level`` (None for a group without levels), its
+    dead-letter queue on ``broker_kind`` and that queue's length limit, ``dead_max_length``
+    (dead_letter_max_length(): None when it has none). ``max_length`` and ``queue_type`` are
+    rabbitmq_queue_max_length and broker_queue_type, as rabbitmq_queue_policies() gets them."""
+    dead_max_length = dead_letter_max_length(max_length, queue_type, broker_kind)
     checked = {}
     for group in groups:
+        levels = group.get("priority_levels")
         for queue in consumed_queues(group):
-            dead = dead_letter_queue(queue, broker_kind)
-            checked.setdefault(queue, {"name": queue, "group": group["name"], "dead": dead})
+            checked.setdefault(
+                queue,
+                {
+                    "name": queue,
+                    "group": group["name"],
+                    "level": queue.rsplit(".", 1)[1] if levels else None,
+                    "dead": dead_letter_queue(queue, broker_kind),
+                    "dead_max_length": dead_max_length,
+                },
+            )
     return list(checked.values())
 
 
@@ -74,6 +87,37 @@ def dead_letter_queue(queue: str, broker_kind: str) -> str:
     RabbitMQ (the bundle's policy), ``ActiveMQ.DLQ.Queue.<queue>`` on ActiveMQ (its
     individualDeadLetterStrategy). See plugins/module_utils/brokers.py."""
     return brokers.kind(broker_kind).dead_letter_queue(queue)
+
+
+def dead_letter_max_length(max_length, queue_type="classic", broker_kind="rabbitmq"):
+    """The length limit of a dead-letter queue: ``max_length`` (rabbitmq_queue_max_length)
+    for a RabbitMQ quorum queue, None (no limit) for a classic one, 0 or an ActiveMQ one. The
+    one place that decides it: rabbitmq_queue_policies() writes it into the ``.dead`` queues'
+    policies, checked_queues() hands it to brokerfleet-check, which calls a dead-letter queue
+    near it CRITICAL.
+
+    Why classic ``.dead`` queues have no limit: a classic queue dead-letters at most once. The
+    dead letter is published to ``<queue>.dead`` by the broker itself, with no publisher to
+    tell, so a full ``.dead`` queue (with ``reject-publish`` as with ``drop-head``) drops the
+    failed job without a trace: a limit there could only ever lose jobs. Unbounded, it holds
+    every failed job until someone moves or purges them; what bounds it is the broker's disk
+    (below ``disk_free_limit`` the disk alarm blocks every publisher, so no new jobs come in
+    to fail), and brokerfleet-check reports it from its first failed job, CRITICAL while more
+    keep coming.
+
+    Why quorum ``.dead`` queues keep it: a quorum work queue dead-letters at least once
+    (rabbitmq_queue_policies()): a dead letter that its full ``.dead`` queue refuses stays in
+    the work queue, counted against the work queue's own max-length, and is retried. Nothing
+    is lost; a pile of failed jobs ends up refusing publishes to the work queue, pushing back
+    on producers as any full queue does, instead of filling the disk the whole broker shares.
+
+    ActiveMQ's dead-letter queues (individualDeadLetterStrategy) have no length limit either;
+    its store limit bounds them, which the broker check watches (memory, store, temp usage).
+    """
+    _check_queue_type(queue_type)
+    if brokers.kind(broker_kind).name != "rabbitmq" or queue_type != "quorum":
+        return None
+    return max_length or None
 
 
 def priority_errors(levels) -> list[str]:
@@ -155,9 +199,13 @@ def rabbitmq_queue_policies(groups, max_length=0, extra=None, queue_type="classi
     (broker_queue_type: classic or quorum).
 
     A work queue dead-letters rejected and expired messages through the default exchange to
-    ``<queue>.dead``; both are bounded by ``max_length`` with overflow ``reject-publish``, so
+    ``<queue>.dead``. It is bounded by ``max_length`` with overflow ``reject-publish``, so
     producers are told when the broker will not take more rather than messages being dropped.
-    ``extra`` keys go into the work-queue policies and win over these.
+    ``<queue>.dead`` is bounded only where that loses nothing, on quorum queues
+    (dead_letter_max_length() says why): a classic ``.dead`` queue gets no policy at all, and a
+    ``brokerfleet-<queue>.dead`` policy left by an earlier version is removed
+    (rabbitmq_policy_changes()). ``extra`` keys go into the work-queue policies and win over
+    these.
 
     A quorum work queue also gets ``delivery-limit`` (its group's ``delivery_limit``, default
     DEFAULT_DELIVERY_LIMIT; when groups share a queue the smallest wins) and at-least-once
@@ -170,10 +218,14 @@ def rabbitmq_queue_policies(groups, max_length=0, extra=None, queue_type="classi
     a quorum work queue left with at-least-once and another overflow is an error. The ``.dead``
     queues keep the length limits only (no delivery limit: nothing consumes them as jobs).
     Classic queues get exactly the classic policies: no delivery limit, at-most-once
-    dead-lettering.
+    dead-lettering, and no limit on ``.dead``.
     """
     _check_queue_type(queue_type)
     limits = {"max-length": max_length, "overflow": "reject-publish"} if max_length else {}
+    dead_max_length = dead_letter_max_length(max_length, queue_type)
+    dead_limits = (
+        {"max-length": dead_max_length, "overflow": "reject-publish"} if dead_max_length else {}
+    )
     quorum = queue_type == "quorum"
     delivery_limits = queue_delivery_limits(groups) if quorum else {}
     policies = []
@@ -203,9 +255,13 @@ def rabbitmq_queue_policies(groups, max_length=0, extra=None, queue_type="classi
         policies.append(
             {"name": f"brokerfleet-{queue}", "pattern": _exactly(queue), "definition": work}
         )
-        if limits:
+        if dead_limits:
             policies.append(
-                {"name": f"brokerfleet-{dead}", "pattern": _exactly(dead), "definition": limits}
+                {
+                    "name": f"brokerfleet-{dead}",
+                    "pattern": _exactly(dead),
+                    "definition": dead_limits,
+                }
             )
     return policies
 

@@ -22,6 +22,15 @@ from .inputs import GROUP_DEFAULTS, group_errors
 # burst that is redelivered when a worker dies small.
 MAX_PREFETCH = 100
 
+# A group's max_job_seconds, when it sets none: JOB_ALLOWANCE_FACTOR x job_seconds, at least
+# JOB_ALLOWANCE_FLOOR seconds (max_job_seconds says why).
+JOB_ALLOWANCE_FACTOR = 10
+JOB_ALLOWANCE_FLOOR = 60
+# RabbitMQ's own consumer_timeout, in ms (30 min), and how far above the longest time a
+# delivery may wait for its ack the bundle sets it (consumer_timeout_ms says why).
+DEFAULT_CONSUMER_TIMEOUT_MS = 1_800_000
+CONSUMER_TIMEOUT_MARGIN = 2
+
 
 def host_cpus(nproc=None, vcpus=None, override=None) -> int:
     """CPUs the fleet may use: ``fleet_cpus`` if given (an integer >= 1: 0 is refused, not
@@ -93,12 +102,59 @@ def prefetch_for(job_seconds) -> int:
     return min(MAX_PREFETCH, math.ceil(1 / job_seconds))
 
 
-def stop_wait_seconds(job_seconds) -> int:
-    """supervisord ``stopwaitsecs``: time a worker gets after SIGTERM to finish its job and ack.
+def max_job_seconds(group) -> float:
+    """The longest a job of ``group`` may run: its ``max_job_seconds``, else derived from its
+    ``job_seconds`` (the typical job): JOB_ALLOWANCE_FACTOR (10) times it, at least
+    JOB_ALLOWANCE_FLOOR (60 s), at most a day (inputs.MAX_JOB_SECONDS), to the millisecond.
 
-    Twice the typical job plus 10 s, so a job that runs long is still not killed mid-way.
+    Job lengths have a long tail (a cold cache, a big import): ten times the typical job lets
+    that tail through, yet still stops the job that would run for hours in a group sized for
+    seconds. The floor spares groups of sub-second jobs from dead-lettering a job that merely
+    met a slow disk. Neither costs much: the allowance only bounds how long a stopping worker
+    is waited for (stop_wait_seconds), the reference worker exits once its job is done.
     """
-    return math.ceil(2 * job_seconds) + 10
+    own = group.get("max_job_seconds")
+    if own is not None:
+        return inputs.number("max_job_seconds", own)
+    seconds = inputs.number("job_seconds", group.get("job_seconds", GROUP_DEFAULTS["job_seconds"]))
+    derived = max(JOB_ALLOWANCE_FACTOR * seconds, JOB_ALLOWANCE_FLOOR)
+    return min(inputs.MAX_JOB_SECONDS, round(derived, 3))
+
+
+def stop_wait_seconds(max_job_seconds) -> int:
+    """supervisord ``stopwaitsecs``: time a worker gets after SIGTERM (a scale-down, a shed, a
+    restart) to finish its job and ack, before supervisord kills it.
+
+    The group's longest allowed job (max_job_seconds) plus 10 s to ack and exit, so that no
+    job the worker accepted is killed mid-way, and run again.
+    """
+    return math.ceil(max_job_seconds) + 10
+
+
+def unacked_per_worker(group) -> int:
+    """Messages one worker of ``group`` may hold unacknowledged on RabbitMQ: its prefetch on
+    each queue it consumes (one per priority level). It works them one after another."""
+    return group_prefetch(group) * len(queues.consumed_queues(group))
+
+
+def consumer_timeout_ms(groups) -> int:
+    """RabbitMQ ``consumer_timeout`` (rabbitmq.conf, milliseconds) for worker ``groups``
+    (every definition of every group: inputs.group_definitions).
+
+    RabbitMQ closes the channel of a consumer that has not acked a delivery within this time
+    (30 min by default): every message the worker holds is redelivered, and the ack of the job
+    it was running fails, so a job longer than the timeout runs again and again. The clock
+    starts at delivery, and a worker works the messages it holds in turn, so the longest a
+    delivery may wait for its ack is unacked_per_worker x max_job_seconds. The timeout is
+    CONSUMER_TIMEOUT_MARGIN (2) times the longest of these over the groups: a job may overrun
+    its announced length on a loaded host, and a timeout that fires without need costs a
+    redelivery where a long one costs nothing. Never below RabbitMQ's default, which still
+    ends a consumer stuck for good.
+    """
+    longest = max(
+        (unacked_per_worker(group) * max_job_seconds(group) for group in groups), default=0
+    )
+    return max(DEFAULT_CONSUMER_TIMEOUT_MS, math.ceil(CONSUMER_TIMEOUT_MARGIN * longest) * 1000)
 
 
 def memory_watermark(host_memory_mb, broker_memory_mb=None, fraction=0.4) -> dict:
@@ -162,13 +218,13 @@ def fleet_plan(
     groups, budget: int, autoscale: bool = False, broker_kind="rabbitmq", allow_root=False
 ) -> list[dict]:
     """The groups with their defaults filled in and what the bundle derives for each:
-    ``processes``, ``prefetch``, ``openwire_prefetch``, ``stopwaitsecs``, the queues its
-    workers poll (``poll_order``, ``poll_when_idle``), and ``programs``: the names of the
-    supervisord programs rendered for it. With ``autoscale`` a group may gain workers from idle
-    groups, so it gets a program for each worker it may reach (its max, or the whole budget);
-    only the first ``processes`` start by themselves. Groups that break the contract on
-    ``broker_kind`` (with ``allow_root``: fleet_allow_root_workers) are refused, every error in
-    one ValueError.
+    ``processes``, ``prefetch``, ``openwire_prefetch``, ``max_job_seconds`` (set or derived),
+    ``stopwaitsecs``, the queues its workers poll (``poll_order``, ``poll_when_idle``), and
+    ``programs``: the names of the supervisord programs rendered for it. With ``autoscale`` a
+    group may gain workers from idle groups, so it gets a program for each worker it may reach
+    (its max, or the whole budget); only the first ``processes`` start by themselves. Groups
+    that break the contract on ``broker_kind`` (with ``allow_root``: fleet_allow_root_workers)
+    are refused, every error in one ValueError.
     """
     allow_root = inputs.flag("fleet_allow_root_workers", allow_root)
     errors = group_errors(groups, broker_kind, allow_root=allow_root)
@@ -181,7 +237,8 @@ def fleet_plan(
         g["processes"] = counts[g["name"]]
         g["prefetch"] = group_prefetch(g)
         g["openwire_prefetch"] = openwire_prefetch(g["prefetch"])
-        g["stopwaitsecs"] = stop_wait_seconds(g["job_seconds"])
+        g["max_job_seconds"] = max_job_seconds(g)
+        g["stopwaitsecs"] = stop_wait_seconds(g["max_job_seconds"])
         polls = queues.group_poll_queues(g)
         g["poll_order"] = polls["order"]
         g["poll_when_idle"] = polls["when_idle"]
@@ -222,6 +279,9 @@ def worker_environment(group: dict, broker: dict) -> dict:
         "FLEET_POLL_ORDER": ",".join(group["poll_order"]),
         "FLEET_POLL_WHEN_IDLE": ",".join(group["poll_when_idle"]),
         "WORKER_GROUP": group["name"],
+        # The reference worker dead-letters a job announced longer than this
+        # (roles/worker_fleet/README.md, "Reference worker").
+        "WORKER_MAX_JOB_SECONDS": group["max_job_seconds"],
     }
     if group.get("recycle_after"):
         environment["WORKER_RECYCLE_AFTER"] = group["recycle_after"]

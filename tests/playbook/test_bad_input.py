@@ -211,6 +211,11 @@ CASES = [
         "job_seconds_day",
     ),
     (
+        {"worker_groups": [group(job_seconds=120, max_job_seconds=60)]},
+        [where(), "max_job_seconds (60) must be >= job_seconds (120)"],
+        "max_job_seconds_below_job_seconds",
+    ),
+    (
         {"worker_groups": [group(recycle_after=-1)]},
         [where(), "recycle_after must be an integer >= 1"],
         "recycle_negative",

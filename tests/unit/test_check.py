@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import stat
+import time
 
 import pytest
 from hypothesis import given
@@ -103,10 +104,25 @@ def test_bounds_hold_and_it_never_flaps(loads, runs):
 
 # --- broker and status --------------------------------------------------------------------
 
+# As broker.json lists them (queues.checked_queues): reports' dead-letter queues are bounded.
 QUEUES = [
-    {"name": "imports", "group": "imports", "dead": "imports.dead"},
-    {"name": "reports.high", "group": "reports", "dead": "reports.high.dead"},
+    {
+        "name": "imports",
+        "group": "imports",
+        "level": None,
+        "dead": "imports.dead",
+        "dead_max_length": None,
+    },
+    {
+        "name": "reports.high",
+        "group": "reports",
+        "level": "high",
+        "dead": "reports.high.dead",
+        "dead_max_length": 100,
+    },
 ]
+# How each message about imports.dead ends.
+REQUEUE_IMPORTS = "; requeue them with `brokerfleet-worker move --group imports --from dead`"
 
 
 def queue(ready=0, unacked=0, consumers=1, published=0, acked=0):
@@ -131,7 +147,7 @@ def test_a_backlog_without_consumer_is_critical_and_failed_jobs_a_warning():
             "queue imports: 12 jobs waiting and no consumer"
             " (workers of group imports down or shed)",
         ),
-        (check.WARNING, "queue imports.dead: 2 failed jobs to look at"),
+        (check.WARNING, "queue imports.dead: 2 failed jobs to look at" + REQUEUE_IMPORTS),
     ]
 
 
@@ -202,6 +218,178 @@ def test_the_status_text_shows_each_queue_with_its_rates_and_drain_time():
     assert lines[0] == "brokerfleet status OK"
     assert lines[3].split() == ["imports", "1000", "4", "1", "1.0", "4.0", "6m"]  # 1004 / 3 s
     assert report.data["broker"]["queues"]["imports"]["drain_seconds"] == 1004 / 3
+
+
+# --- failed jobs: dead-letter queues -----------------------------------------------------------
+
+
+def dead_problems(last=None, **dead):
+    """What broker_problems says of the dead-letter queues ``dead`` ({name: queue()}), the
+    worker queues being fine, given the previous run's sample ``last``."""
+    now = sample(imports=queue(), **{"reports.high": queue()}, **dead)
+    return check.broker_problems(now, QUEUES, None, last)
+
+
+def test_failed_jobs_that_stay_are_a_warning_naming_the_limit_and_how_to_requeue():
+    last = sample(**{"imports.dead": queue(ready=2), "reports.high.dead": queue(ready=5)})
+    found = dead_problems(
+        last, **{"imports.dead": queue(ready=2), "reports.high.dead": queue(ready=4, unacked=1)}
+    )
+    assert found == [
+        (check.WARNING, "queue imports.dead: 2 failed jobs to look at" + REQUEUE_IMPORTS),
+        (
+            check.WARNING,
+            "queue reports.high.dead: 5 failed jobs to look at (limit 100); requeue them with"
+            " `brokerfleet-worker move --group reports --from dead --to high`",
+        ),
+    ]
+    # Fewer than at the previous run (being moved back, or purged): still only a warning.
+    assert dead_problems(last, **{"imports.dead": queue(ready=1)})[0][0] == check.WARNING
+    # Without a previous run to compare with, the same.
+    assert dead_problems(None, **{"imports.dead": queue(ready=2)})[0][0] == check.WARNING
+    # Empty dead-letter queues, listed or not, say nothing.
+    assert dead_problems(last, **{"imports.dead": queue()}) == []
+
+
+def test_more_failed_jobs_than_at_the_previous_run_are_critical():
+    last = sample(**{"imports.dead": queue(ready=2)})
+    found = dead_problems(last, **{"imports.dead": queue(ready=4, unacked=1)})
+    assert found == [
+        (
+            check.CRITICAL,
+            "queue imports.dead: 5 failed jobs, 3 more than at the previous run" + REQUEUE_IMPORTS,
+        )
+    ]
+    # A dead-letter queue the previous sample did not list held nothing then (ActiveMQ makes
+    # one at its first dead letter).
+    [(code, message)] = dead_problems(sample(), **{"imports.dead": queue(ready=1)})
+    assert code == check.CRITICAL and "1 failed jobs, 1 more than at the previous run" in message
+    # Growing, below its limit: the limit is named.
+    last = sample(**{"reports.high.dead": queue(ready=10)})
+    [(code, message)] = dead_problems(last, **{"reports.high.dead": queue(ready=11)})
+    assert code == check.CRITICAL
+    assert message.startswith(
+        "queue reports.high.dead: 11 failed jobs, 1 more than at the previous run, limit 100; "
+    )
+
+
+def test_a_dead_letter_queue_near_its_limit_is_critical():
+    # 90 ready of 100: publishes to it are about to be refused.
+    last = sample(**{"reports.high.dead": queue(ready=90)})
+    [(code, message)] = dead_problems(last, **{"reports.high.dead": queue(ready=90)})
+    assert (code, message) == (
+        check.CRITICAL,
+        "queue reports.high.dead: 90 failed jobs, at or near its limit of 100: once full it"
+        " refuses failed jobs; requeue them with"
+        " `brokerfleet-worker move --group reports --from dead --to high`",
+    )
+    # Only ready jobs count against a max-length: 89 ready and 5 unacked is not near it.
+    steady = sample(**{"reports.high.dead": queue(ready=94)})
+    [(code, message)] = dead_problems(steady, **{"reports.high.dead": queue(ready=89, unacked=5)})
+    assert code == check.WARNING and "94 failed jobs to look at (limit 100)" in message
+    # Full and growing: both said.
+    [(code, message)] = dead_problems(last, **{"reports.high.dead": queue(ready=100)})
+    assert code == check.CRITICAL
+    assert "100 failed jobs, 10 more than at the previous run, at or near its limit" in message
+    # No limit (classic .dead queues, ActiveMQ), however many: never full.
+    [(code, _)] = dead_problems(
+        sample(**{"imports.dead": queue(ready=10**7)}), **{"imports.dead": queue(ready=10**7)}
+    )
+    assert code == check.WARNING
+
+
+def test_queues_of_an_older_broker_json_have_no_known_limit_nor_level():
+    old = [{"name": "reports.high", "group": "reports", "dead": "reports.high.dead"}]
+    now = sample(**{"reports.high": queue(), "reports.high.dead": queue(ready=99)})
+    assert check.broker_problems(now, old, None, now) == [
+        (
+            check.WARNING,
+            "queue reports.high.dead: 99 failed jobs to look at; requeue them with"
+            " `brokerfleet-worker move --group reports --from dead`",
+        )
+    ]
+
+
+def test_growing_and_steady_failed_jobs_are_news_their_figures_are_not():
+    def signature(last, jobs):
+        return check.problem_signature(
+            [m for _, m in dead_problems(last, **{"imports.dead": queue(ready=jobs)})]
+        )
+
+    steady = signature(sample(**{"imports.dead": queue(ready=3)}), 3)
+    assert steady == signature(sample(**{"imports.dead": queue(ready=30)}), 30)
+    growing = signature(sample(**{"imports.dead": queue(ready=3)}), 4)
+    assert growing == signature(sample(**{"imports.dead": queue(ready=30)}), 50)
+    assert growing != steady
+
+
+def test_the_json_and_metrics_show_every_dead_letter_queue():
+    report = check.Report("broker")
+    config = {"kind": "rabbitmq", "queues": QUEUES}
+    last = sample(0.0, **{"reports.high.dead": queue(ready=80)})
+    now = sample(
+        60.0, imports=queue(), **{"reports.high": queue(), "reports.high.dead": queue(ready=95)}
+    )
+    check.describe_broker(report, config, now, None, last=last)
+    assert report.code == check.CRITICAL
+    data = json.loads(json.dumps(report.data))
+    assert data["broker"]["dead_letters"] == {
+        "imports.dead": {
+            "queue": "imports",
+            "group": "imports",
+            "jobs": 0,
+            "max_length": None,
+            "full": False,
+            "previous": 0,
+            "growing": False,
+        },
+        "reports.high.dead": {
+            "queue": "reports.high",
+            "group": "reports",
+            "jobs": 95,
+            "max_length": 100,
+            "full": True,
+            "previous": 80,
+            "growing": True,
+        },
+    }
+    metrics = report.prometheus().splitlines()
+    for line in (
+        'brokerfleet_dead_letter_jobs{queue="imports.dead"} 0',
+        'brokerfleet_dead_letter_full{queue="imports.dead"} 0',
+        'brokerfleet_dead_letter_jobs{queue="reports.high.dead"} 95',
+        'brokerfleet_dead_letter_full{queue="reports.high.dead"} 1',
+        'brokerfleet_dead_letter_max_length{queue="reports.high.dead"} 100',
+    ):
+        assert line in metrics
+    # No limit, no max_length sample.
+    assert not [
+        m for m in metrics if m.startswith('brokerfleet_dead_letter_max_length{queue="imports')
+    ]
+
+
+def test_the_broker_check_compares_with_the_previous_run_however_old(state_dir, monkeypatch):
+    directory, _ = state_dir
+    monkeypatch.setattr(check, "BROKER_SAMPLE", str(directory / "broker-sample.json"))
+    monkeypatch.setattr(check, "PAUSE_STATE", str(directory / "paused.json"))
+    monkeypatch.setattr(check, "QUIESCE_STATE", str(directory / "quiesced.json"))
+    config = {"kind": "rabbitmq", "queues": QUEUES[:1]}
+
+    def run(at, failed):
+        now = sample(at, imports=queue(published=at), **{"imports.dead": queue(ready=failed)})
+        monkeypatch.setattr(check, "read_broker", lambda report: (config, now))
+        report = check.Report("broker")
+        check.check_broker(None, report)
+        return report
+
+    assert run(0.0, 2).code == check.WARNING  # the first run: nothing to compare with
+    # Cron every 30 minutes: too old a sample for rates, not for counting failed jobs.
+    later = run(1800.0, 3)
+    assert later.code == check.CRITICAL
+    assert later.data["broker"]["dead_letters"]["imports.dead"]["previous"] == 2
+    assert later.data["broker"]["queues"]["imports"]["in_per_second"] is None
+    assert run(1860.0, 3).code == check.WARNING
+    assert json.loads((directory / "broker-sample.json").read_text())["time"] == 1860.0
 
 
 # --- a RabbitMQ cluster: nodes and quorum queues ----------------------------------------------
@@ -583,16 +771,25 @@ def test_label_values_are_escaped_as_the_exposition_format_wants():
 def test_awkward_queue_and_group_names_cannot_forge_metrics():
     report = check.Report("broker")
     counts = {"ready": 1, "unacked": 2, "consumers": 3}
-    report.data["broker"] = {"usage": {}, "queues": {name: counts for name in AWKWARD}}
-    report.data["groups"] = {name: {"expected": 1, "running": 1, "shed": 0} for name in AWKWARD}
+    dead = {"jobs": 4, "full": True, "max_length": 5}
+    report.data["broker"] = {
+        "usage": {},
+        "queues": {name: counts for name in AWKWARD},
+        "dead_letters": {name: dead for name in AWKWARD},
+    }
+    report.data["groups"] = {
+        name: {"expected": 1, "running": 1, "shed": 0, "paused": {"since": 0, "reason": name}}
+        for name in AWKWARD
+    }
     lines = report.prometheus().splitlines()
     # One line per sample: nothing a name holds starts a line of its own.
-    assert len(lines) == 1 + 3 * len(AWKWARD) + 3 * len(AWKWARD)
+    assert len(lines) == 1 + 3 * len(AWKWARD) + 4 * len(AWKWARD) + 3 * len(AWKWARD)
     assert sum(line.startswith("brokerfleet_check_status") for line in lines) == 1
     assert 'brokerfleet_queue_ready{queue="a\\"b"} 1' in lines
     assert 'brokerfleet_workers_running{group="back\\\\slash"} 1' in lines
     forged = 'new\\nline} 1\\nbrokerfleet_check_status{check=\\"x\\"'
     assert f'brokerfleet_queue_consumers{{queue="{forged}"}} 3' in lines
+    assert f'brokerfleet_dead_letter_full{{queue="{forged}"}} 1' in lines
     # Each line parses back: a name, one label whose value unescapes to the original, a value.
     pattern = re.compile(r'^(\w+)\{(\w+)="((?:[^"\\\n]|\\[\\"n])*)"\} (\S+)$')
     unescape = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
@@ -645,3 +842,388 @@ def test_an_unknown_load_is_said_not_left_out():
     assert "  load per CPU unknown" in report.text().splitlines()
     report.data["load_per_cpu"] = 0.456
     assert "  load per CPU 0.46" in report.text().splitlines()
+
+
+# --- pause and resume a group -------------------------------------------------------------
+
+PAUSE = {"since": 1795428240, "reason": "database upgrade"}  # 2026-11-23 10:04 UTC
+
+
+def test_a_paused_group_is_neither_shed_nor_given_back():
+    paused = {"thumbnails": PAUSE}
+    # thumbnails (importance 1) would be shed first; paused, imports is shed instead.
+    assert run({}, [0.9, 0.95])[1][-1] == ("shed", "thumbnails")
+    _, action = check.guard_step({"above": 1}, 0.9, GROUPS, 0.8, 0.5, 2, paused)
+    assert action == ("shed", "imports")
+    # What was shed before the pause stays shed; another group is given back instead.
+    state = {"below": 1, "shed": {"thumbnails": 1, "imports": 1}}
+    state, action = check.guard_step(state, 0.3, GROUPS, 0.8, 0.5, 2, paused)
+    assert action == ("restore", "imports")
+    state, action = check.guard_step({**state, "below": 1}, 0.3, GROUPS, 0.8, 0.5, 2, paused)
+    assert action is None and state["shed"] == {"thumbnails": 1}
+
+
+def test_autoscale_neither_moves_to_nor_from_a_paused_group():
+    # imports' long backlog is expected while it is paused: no worker moves to it.
+    assert check.autoscale_step({}, FLEET, {"imports": 600}, 300, {"imports"})[1] is None
+    # thumbnails, paused and idle, lends nothing: reports (idle too) does.
+    moved, action = check.autoscale_step({}, FLEET, {"imports": 600}, 300, {"thumbnails"})
+    assert action == ("move", "reports", "imports")
+    # A paused group keeps what it gained: nothing returns while it is paused.
+    before = {"imports": 2, "thumbnails": -2, "reports": 0}
+    assert check.autoscale_step(before, FLEET, {}, 300, {"imports"}) == (before, None)
+
+
+def test_no_worker_of_a_paused_group_is_expected_to_run():
+    groups = [
+        {**GROUPS[0], "programs": programs("imports", 4)},
+        {**GROUPS[1], "programs": programs("thumbnails", 2)},
+    ]
+    expected = check.expected_processes(groups, {"thumbnails": 1}, {"imports": PAUSE})
+    assert expected == {
+        "imports-00": False,
+        "imports-01": False,
+        "imports-02": False,
+        "imports-03": False,
+        "thumbnails-00": True,
+        "thumbnails-01": False,
+    }
+
+
+def test_the_backlog_of_a_paused_group_is_expected_not_critical():
+    found = check.broker_problems(
+        sample(
+            imports=queue(ready=120, consumers=0),
+            **{"reports.high": queue(ready=3, consumers=0), "imports.dead": queue(ready=2)},
+        ),
+        QUEUES,
+        {"imports": PAUSE},
+    )
+    assert found == [
+        (
+            check.OK,
+            "queue imports: 120 jobs waiting, as expected: group imports paused since"
+            " 2026-11-23 10:04 UTC (database upgrade)",
+        ),
+        (check.WARNING, "queue imports.dead: 2 failed jobs to look at" + REQUEUE_IMPORTS),
+        (
+            check.CRITICAL,
+            "queue reports.high: 3 jobs waiting and no consumer"
+            " (workers of group reports down or shed)",
+        ),
+    ]
+
+
+def test_the_status_text_and_metrics_show_a_paused_group():
+    report = check.Report("status")
+    report.note("queue imports: 120 jobs waiting, as expected: group imports paused since x")
+    report.data["groups"] = {
+        "imports": {"expected": 0, "running": 0, "moved": 0, "shed": 0, "paused": PAUSE},
+        "reports": {"expected": 1, "running": 1, "moved": 0, "shed": 0, "paused": None},
+    }
+    lines = report.text().splitlines()
+    assert lines[0] == "brokerfleet status OK"
+    assert "  queue imports: 120 jobs waiting, as expected: group imports paused since x" in lines
+    assert (
+        "  imports: 0 running of 0 expected"
+        " (paused since 2026-11-23 10:04 UTC (database upgrade))" in lines
+    )
+    assert "  reports: 1 running of 1 expected" in lines
+    metrics = report.prometheus().splitlines()
+    assert 'brokerfleet_group_paused{group="imports"} 1' in metrics
+    assert 'brokerfleet_group_paused{group="reports"} 0' in metrics
+
+
+def test_pause_and_resume_take_a_group_and_only_they_do():
+    args = check.arguments(["pause", "imports", "--reason", "db"])
+    assert (args.check, args.group, args.reason) == ("pause", "imports", "db")
+    assert check.arguments(["resume", "imports"]).group == "imports"
+    for argv in (["pause"], ["workers", "imports"], ["resume", "imports", "--reason", "x"]):
+        with pytest.raises(SystemExit) as exit:
+            check.arguments(argv)
+        assert exit.value.code == 2
+
+
+class Supervisor:
+    """supervisord's XML-RPC interface, as far as the check uses it: stopping is at once."""
+
+    def __init__(self, running):
+        self.states = {name: "RUNNING" for name in running}
+        self.calls = []
+
+    def getState(self):  # noqa: N802 - supervisor's name
+        return {"statename": "RUNNING"}
+
+    def getAllProcessInfo(self):  # noqa: N802
+        return [{"name": name, "statename": state} for name, state in self.states.items()]
+
+    def startProcess(self, name, wait):  # noqa: N802
+        self.calls.append(("start", name))
+        self.states[name] = "RUNNING"
+
+    def stopProcess(self, name, wait):  # noqa: N802
+        self.calls.append(("stop", name))
+        self.states[name] = "STOPPED"
+
+
+@pytest.fixture
+def host(state_dir, monkeypatch):
+    """A worker host in a temporary directory: its manifest (imports: 3 of 4 programs, one of
+    them shed; reports), broker.json naming a third group, and supervisord running them."""
+    directory, _ = state_dir
+    group = {"min": 1, "max": None, "importance": 3, "job_seconds": 5, "queues": []}
+    manifest = {
+        "format": check.FLEET_FORMAT,
+        "groups": [
+            {**group, "name": "imports", "programs": programs("imports", 4), "processes": 3},
+            {**group, "name": "reports", "programs": programs("reports", 1), "processes": 1},
+        ],
+    }
+    broker = {"format": check.BROKER_FORMAT, "queues": [{"name": "mail", "group": "mail"}]}
+    for name, data in (("fleet.json", manifest), ("broker.json", broker)):
+        (directory / name).write_text(json.dumps(data))
+    (directory / "load-guard.json").write_text(json.dumps({"shed": {"imports": 1}}))
+    for constant, name in (
+        ("MANIFEST", "fleet.json"),
+        ("BROKER_CONFIG", "broker.json"),
+        ("GUARD_STATE", "load-guard.json"),
+        ("AUTOSCALE_STATE", "autoscale.json"),
+        ("PAUSE_STATE", "paused.json"),
+        ("QUIESCE_STATE", "quiesced.json"),
+        ("WORKERS_LOCK", "workers.lock"),
+    ):
+        monkeypatch.setattr(check, constant, str(directory / name))
+    rpc = Supervisor(["imports-00", "imports-01", "reports-00"])
+    rpc.states.update({"imports-02": "STOPPED", "imports-03": "STOPPED"})  # shed, spare
+    monkeypatch.setattr(check, "supervisor", lambda: rpc)
+    return directory, rpc
+
+
+def command(argv):
+    args = check.arguments(argv)
+    report = check.Report(args.check)
+    check.COMMANDS[args.check](args, report)
+    return report
+
+
+def test_pause_records_then_stops_the_group_and_resume_starts_it_less_the_shed(host, capsys):
+    directory, rpc = host
+    report = command(["pause", "imports", "--reason", "database\nupgrade"])
+    assert report.code == check.OK, report.data
+    pause = json.loads((directory / "paused.json").read_text())["imports"]
+    assert pause["reason"] == "database upgrade"  # one line
+    assert stat.S_IMODE((directory / "paused.json").stat().st_mode) == 0o600
+    assert rpc.calls == [("stop", "imports-00"), ("stop", "imports-01")]
+    assert rpc.states["reports-00"] == "RUNNING"
+    assert report.data["actions"][0].startswith("group imports paused since ")
+    assert check.read_paused() == {"imports": pause}
+
+    # The cron check now leaves it stopped, and stops a worker started by hand.
+    rpc.states["imports-01"] = "RUNNING"
+    groups = check.read_manifest(report)
+    paused = check.read_paused()
+    expected = check.expected_processes(groups, {"imports": 1}, paused)
+    check.apply_expected(rpc, expected, report, groups, paused)
+    assert "stopped imports-01 (its group is paused)" in report.data["actions"]
+
+    # Paused again: the time stays, the reason may change.
+    command(["pause", "imports", "--reason", "longer"])
+    again = check.read_paused()["imports"]
+    assert again == {"since": pause["since"], "reason": "longer"}
+
+    rpc.calls.clear()
+    report = command(["resume", "imports"])
+    assert report.code == check.OK, report.data
+    assert check.read_paused() == {}
+    assert rpc.calls == [("start", "imports-00"), ("start", "imports-01")]  # imports-02 shed
+    assert command(["resume", "imports"]).data["notes"] == ["group imports is not paused"]
+
+
+def test_a_group_known_only_from_the_broker_is_recorded_and_nothing_stopped(host):
+    _, rpc = host
+    report = command(["pause", "mail"])
+    assert report.code == check.OK
+    assert set(check.read_paused()) == {"mail"} and rpc.calls == []
+    assert report.data["notes"] == ["no worker of mail runs on this host: nothing to stop"]
+
+
+def test_an_unknown_group_is_refused_naming_the_known_ones(host):
+    report = command(["pause", "imprts"])
+    assert report.code == check.CRITICAL
+    assert report.data["problems"] == [
+        "no group 'imprts' on this host; it knows imports, mail, reports"
+    ]
+    assert check.read_paused() == {}
+    assert command(["resume", "imprts"]).code == check.CRITICAL
+
+
+def test_a_pause_of_a_group_since_removed_can_be_forgotten(host):
+    directory, _ = host
+    (directory / "paused.json").write_text(json.dumps({"gone": PAUSE}))
+    assert command(["resume", "gone"]).code == check.OK
+    assert check.read_paused() == {}
+
+
+# --- quiesce and unquiesce the fleet of a host around a broker restart ------------------------
+
+RESTART = "broker restart by site.yml"
+
+
+def workers_run(directory):
+    """One run of the cron workers check, its load between the guard's thresholds."""
+    (directory / "load").write_text("0.6\n")
+    args = check.arguments(["workers", "--load-high", "0.8", "--load-low", "0.5", "--runs", "3"])
+    args.autoscale_horizon, args.load_source = 0, str(directory / "load")
+    report = check.Report("workers")
+    check.check_workers(args, report)
+    return report
+
+
+def quiesced(directory):
+    return json.loads((directory / "quiesced.json").read_text())
+
+
+def test_quiesce_and_unquiesce_take_no_group_and_quiesce_a_time():
+    args = check.arguments(["quiesce", "--for", "600", "--reason", "broker\nrestart"])
+    assert (args.check, args.seconds, args.reason) == ("quiesce", 600, "broker restart")
+    assert check.arguments(["unquiesce"]).seconds is None
+    for argv in (
+        ["quiesce"],
+        ["quiesce", "imports", "--for", "600"],
+        ["quiesce", "--for", "0"],
+        ["unquiesce", "--reason", "x"],
+        ["unquiesce", "imports"],
+        ["pause", "imports", "--for", "600"],
+    ):
+        with pytest.raises(SystemExit) as exit:
+            check.arguments(argv)
+        assert exit.value.code == 2, argv
+
+
+def test_a_quiesce_holds_like_a_pause_until_it_expires_and_a_pause_wins():
+    quiesce = {"until": 1000, "reason": RESTART, "groups": ["imports", "reports"]}
+    held = check.held_groups({"reports": PAUSE}, quiesce, 999)
+    assert held == {"imports": {"until": 1000, "reason": RESTART}, "reports": PAUSE}
+    assert check.held_groups({"reports": PAUSE}, quiesce, 1000) == {"reports": PAUSE}
+    assert check.held_groups({}, None, 0) == {}
+    # The broker check, the guard and autoscale take them as paused.
+    found = check.broker_problems(
+        sample(imports=queue(ready=120, consumers=0)), QUEUES[:1], held, None
+    )
+    assert found == [
+        (
+            check.OK,
+            "queue imports: 120 jobs waiting, as expected: group imports quiesced until"
+            f" {check.utc(1000)} ({RESTART})",
+        )
+    ]
+    assert check.autoscale_step({}, FLEET, {"imports": 600}, 300, held)[1] is None
+
+
+def test_quiesce_stops_the_unpaused_groups_and_leaves_a_paused_one_alone(host):
+    directory, rpc = host
+    (directory / "paused.json").write_text(json.dumps({"reports": PAUSE}))
+    rpc.states["reports-00"] = "STOPPED"
+    before = time.time()
+    report = command(["quiesce", "--for", "600", "--reason", RESTART])
+    assert report.code == check.OK, report.data
+    record = quiesced(directory)
+    assert record["groups"] == ["imports"] and record["reason"] == RESTART
+    assert int(before) + 600 <= record["until"] <= time.time() + 600
+    assert stat.S_IMODE((directory / "quiesced.json").stat().st_mode) == 0o600
+    assert rpc.calls == [("stop", "imports-00"), ("stop", "imports-01")]
+    assert report.data["actions"] == [
+        f"quiesced imports ({RESTART})",
+        "stopped imports-00 (its group is quiesced)",
+        "stopped imports-01 (its group is quiesced)",
+    ]
+    assert report.data["notes"][0].startswith("every worker stopped; held until ")
+    # The pause is the operator's: untouched, and not the quiesce's to end.
+    assert check.read_paused() == {"reports": PAUSE}
+
+
+def test_the_workers_check_keeps_a_quiesce_then_ends_it_once_expired(host):
+    directory, rpc = host
+    command(["quiesce", "--for", "600", "--reason", RESTART])
+    rpc.states["imports-01"] = "RUNNING"  # started by hand
+    rpc.calls.clear()
+    report = workers_run(directory)
+    assert report.data["actions"] == ["stopped imports-01 (its group is quiesced)"]
+    assert report.data["groups"]["imports"]["expected"] == 0
+    assert report.data["groups"]["imports"]["paused"]["reason"] == RESTART
+    assert set(quiesced(directory)["groups"]) == {"imports", "reports"}
+
+    # The play died before its unquiesce: once the time is up, the check starts them.
+    (directory / "quiesced.json").write_text(json.dumps({**quiesced(directory), "until": 1000}))
+    rpc.calls.clear()
+    report = workers_run(directory)
+    assert report.code == check.WARNING
+    assert report.data["actions"][0] == (
+        f"the quiesce of imports, reports ({RESTART}) expired at {check.utc(1000)}:"
+        " starting their workers again"
+    )
+    started = [("start", p) for p in ("imports-00", "imports-01", "reports-00")]
+    assert rpc.calls == started  # imports-02 stays shed
+    assert quiesced(directory) == {} and check.read_quiesce() is None
+
+
+def test_a_quiesced_host_leaves_a_stopped_supervisord_stopped(host, monkeypatch):
+    directory, rpc = host
+    command(["quiesce", "--for", "600"])
+    monkeypatch.setattr(check, "supervisor_state", lambda: "DOWN")
+    monkeypatch.setattr(check.subprocess, "run", lambda *a, **k: pytest.fail("started"))
+    report = workers_run(directory)
+    assert report.code == check.OK and report.data["actions"] == []
+    assert report.data["notes"][0].startswith("supervisord is down: left so while quiesced")
+
+
+def test_unquiesce_starts_the_groups_but_one_paused_meanwhile(host):
+    directory, rpc = host
+    command(["quiesce", "--for", "600", "--reason", RESTART])
+    assert command(["pause", "reports", "--reason", "db"]).code == check.OK
+    rpc.calls.clear()
+    report = command(["unquiesce"])
+    assert report.code == check.OK, report.data
+    assert report.data["actions"][0] == f"unquiesced imports, reports ({RESTART})"
+    assert rpc.calls == [("start", "imports-00"), ("start", "imports-01")]  # imports-02 shed
+    assert report.data["notes"] == [
+        f"{check.pause_text('reports', check.read_paused()['reports'])}: not started"
+    ]
+    assert set(check.read_paused()) == {"reports"} and quiesced(directory) == {}
+    assert command(["unquiesce"]).data["notes"] == ["nothing is quiesced on this host"]
+
+
+def test_a_group_paused_and_resumed_while_quiesced_waits_for_the_unquiesce(host):
+    _, rpc = host
+    command(["quiesce", "--for", "600"])
+    command(["pause", "imports"])
+    rpc.calls.clear()
+    report = command(["resume", "imports"])
+    assert report.code == check.OK and rpc.calls == []
+    assert report.data["notes"][0].startswith("group imports quiesced until ")
+    command(["unquiesce"])
+    assert rpc.calls == [("start", "imports-00"), ("start", "imports-01"), ("start", "reports-00")]
+
+
+def test_quiesce_with_supervisord_down_records_and_warns(host, monkeypatch):
+    directory, rpc = host
+
+    def down():
+        raise ConnectionRefusedError("no socket")
+
+    monkeypatch.setattr(rpc, "getAllProcessInfo", down)
+    report = command(["quiesce", "--for", "600"])
+    assert report.code == check.WARNING
+    assert report.data["problems"] == ["supervisord is down: the workers check keeps them stopped"]
+    assert set(quiesced(directory)["groups"]) == {"imports", "reports"}
+
+
+def test_a_host_without_workers_has_nothing_to_quiesce(host):
+    directory, rpc = host
+    (directory / "fleet.json").unlink()
+    report = command(["quiesce", "--for", "600"])
+    assert report.code == check.OK and rpc.calls == []
+    assert report.data["notes"] == [
+        "no worker group runs unpaused on this host: nothing to quiesce"
+    ]
+    assert not (directory / "quiesced.json").exists()

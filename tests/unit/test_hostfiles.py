@@ -172,6 +172,9 @@ def test_the_checker_reaches_rabbitmq_as_the_role_told_it(tmp_path, monkeypatch)
         "vhost": "/",
         "management_address": "127.0.0.1",
         "management_port": server.server_port,
+        # As roles/rabbitmq/tasks/check_config.yml passes them: the dead-letter queues' limit.
+        "queue_max_length": 1000,
+        "queue_type": "quorum",
     }
     config = hostfiles.broker_config([group("jobs")], broker)
     monkeypatch.setattr(check, "BROKER_CONFIG", write(tmp_path, "broker.json", config))
@@ -180,7 +183,16 @@ def test_the_checker_reaches_rabbitmq_as_the_role_told_it(tmp_path, monkeypatch)
     finally:
         server.shutdown()
     assert read == config
-    assert read["queues"] == [{"name": "jobs", "group": "jobs", "dead": "jobs.dead"}]
+    assert read["queues"] == [
+        {
+            "name": "jobs",
+            "group": "jobs",
+            "level": None,
+            "dead": "jobs.dead",
+            "dead_max_length": 1000,
+        }
+    ]
+    assert "queue_max_length" not in read and "queue_type" not in read
     assert sample["queues"] == {}
     # The check's own user (tagged monitoring, access.rabbitmq_users), never the shared one.
     user, password = "app user-check", access.check_password(AWKWARD["password"], "app user")

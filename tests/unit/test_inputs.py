@@ -41,6 +41,7 @@ def test_valid_groups_have_no_errors():
             user="www-data",
             weight=0.5,
             job_seconds=86400,
+            max_job_seconds=86400,
             importance=5,
             recycle_after=1,
             delivery_limit=1,
@@ -83,6 +84,17 @@ def test_valid_groups_have_no_errors():
         ([group("a", job_seconds=0)], "job_seconds must be a number > 0"),
         ([group("a", job_seconds=math.inf)], "job_seconds must be a number > 0 and <= 86400"),
         ([group("a", job_seconds=86401)], "job_seconds must be a number > 0 and <= 86400"),
+        ([group("a", max_job_seconds=0)], "max_job_seconds must be a number > 0 and <= 86400"),
+        ([group("a", max_job_seconds=math.nan)], "max_job_seconds must be a number > 0"),
+        ([group("a", max_job_seconds=86401)], "max_job_seconds must be a number > 0 and <= 86400"),
+        ([group("a", max_job_seconds="600")], "max_job_seconds must be a number > 0 and <= 86400"),
+        ([group("a", max_job_seconds=True)], "max_job_seconds must be a number > 0 and <= 86400"),
+        # The default job_seconds is 5.
+        ([group("a", max_job_seconds=3)], "max_job_seconds (3) must be >= job_seconds (5)"),
+        (
+            [group("a", job_seconds=120, max_job_seconds=90.5)],
+            "worker_groups[0] (name 'a'): max_job_seconds (90.5) must be >= job_seconds (120)",
+        ),
         ([group("a", importance=6)], "importance must be 1 (shed first) to 5 (never shed)"),
         ([group("a", importance=True)], "importance must be 1"),
         ([group("a", importance=3.0)], "importance must be 1"),
@@ -316,6 +328,8 @@ def test_broker_host_takes_names_and_addresses(host):
         ({"rabbitmq_queue_max_length": -1}, "rabbitmq_queue_max_length must be an integer >= 0"),
         ({"rabbitmq_default_consumer_prefetch": 0}, "rabbitmq_default_consumer_prefetch must be"),
         ({"rabbitmq_amqp_address": "0.0.0.0\n"}, "rabbitmq_amqp_address must be a host name"),
+        ({"rabbitmq_restart_quiesce_seconds": -1}, "rabbitmq_restart_quiesce_seconds must be"),
+        ({"rabbitmq_restart_quiesce_seconds": "0"}, None),
         (
             {"rabbitmq_extra_config": {"heartbeat": "30\nx = 1"}},
             "rabbitmq_extra_config['heartbeat']",
@@ -340,6 +354,7 @@ def test_broker_host_takes_names_and_addresses(host):
         ({"activemq_max_connections": 0}, "activemq_max_connections must be an integer >= 1"),
         ({"activemq_max_frame_size_mb": 0}, "activemq_max_frame_size_mb must be an integer >= 1"),
         ({"activemq_bind_address": "any"}, None),
+        ({"activemq_restart_quiesce_seconds": 90000}, "within 0-86400, got 90000"),
         ({"fleet_checks_load_high": 5}, "fleet_checks_load_high must be a number within 0.1-4"),
         (
             {"fleet_checks_load_high": "0.8", "fleet_checks_load_low": "0.9"},
@@ -625,3 +640,26 @@ def test_the_queue_type_is_classic_or_quorum():
     assert inputs.input_errors({"broker_queue_type": "stream"}) == [
         "broker_queue_type must be one of classic, quorum, got 'stream'"
     ]
+
+
+@given(
+    st.floats(min_value=0.001, max_value=86400),
+    st.floats(min_value=0, max_value=1),
+)
+def test_any_max_job_seconds_between_job_seconds_and_a_day_is_taken(seconds, share):
+    longest = seconds + share * (86400 - seconds)
+    assert inputs.group_errors([group("a", job_seconds=seconds, max_job_seconds=longest)]) == []
+
+
+def test_a_bad_job_seconds_is_reported_once_not_again_by_max_job_seconds():
+    errors = inputs.group_errors([group("a", job_seconds=0, max_job_seconds=10)])
+    assert errors == [
+        "worker_groups[0] (name 'a'): job_seconds must be a number > 0 and <= 86400, got 0"
+    ]
+
+
+def test_max_job_seconds_reaches_the_worker_as_a_key_the_bundle_owns():
+    assert_refused(
+        inputs.group_errors([group("a", environment={"WORKER_MAX_JOB_SECONDS": "99999"})]),
+        "WORKER_MAX_JOB_SECONDS is set by the bundle itself",
+    )

@@ -107,25 +107,53 @@ def test_activemq_policies_per_consumed_queue():
 # --- RabbitMQ policies and queues -------------------------------------------------------------
 
 
-def test_policies_dead_letter_each_queue_and_bound_both():
-    policies = queues.rabbitmq_queue_policies([group("a")], max_length=10)
-    assert policies == [
-        {
-            "name": "brokerfleet-a",
-            "pattern": "^a$",
-            "definition": {
-                "dead-letter-exchange": "",
-                "dead-letter-routing-key": "a.dead",
-                "max-length": 10,
-                "overflow": "reject-publish",
-            },
-        },
-        {
-            "name": "brokerfleet-a.dead",
-            "pattern": r"^a\.dead$",
-            "definition": {"max-length": 10, "overflow": "reject-publish"},
-        },
-    ]
+# The policy of a classic work queue a, with max_length 10.
+CLASSIC_A = {
+    "name": "brokerfleet-a",
+    "pattern": "^a$",
+    "definition": {
+        "dead-letter-exchange": "",
+        "dead-letter-routing-key": "a.dead",
+        "max-length": 10,
+        "overflow": "reject-publish",
+    },
+}
+# The policy of its dead-letter queue a.dead where it has one (quorum queues).
+DEAD_A = {
+    "name": "brokerfleet-a.dead",
+    "pattern": r"^a\.dead$",
+    "definition": {"max-length": 10, "overflow": "reject-publish"},
+}
+
+
+def test_classic_policies_dead_letter_each_queue_and_bound_only_the_work_queue():
+    # No policy for a.dead: a classic queue dead-letters at most once, so a length limit on
+    # a.dead would drop failed jobs without a trace.
+    assert queues.rabbitmq_queue_policies([group("a")], max_length=10) == [CLASSIC_A]
+
+
+def test_dead_letter_queues_are_bounded_only_where_nothing_is_lost():
+    assert queues.dead_letter_max_length(10, "quorum") == 10
+    assert queues.dead_letter_max_length(0, "quorum") is None  # 0: no limit
+    assert queues.dead_letter_max_length(10, "classic") is None
+    assert queues.dead_letter_max_length(10, "quorum", "activemq") is None
+    with pytest.raises(ValueError, match="broker_queue_type must be one of"):
+        queues.dead_letter_max_length(10, "stream")
+    with pytest.raises(ValueError, match="broker kind must be one of"):
+        queues.dead_letter_max_length(10, "classic", "kafka")
+
+
+def test_an_upgrade_removes_the_classic_dead_letter_limit_once():
+    # What an earlier version applied to a classic vhost: a.dead bounded like its work queue.
+    before = [CLASSIC_A, DEAD_A]
+    wanted = queues.rabbitmq_queue_policies([group("a")], max_length=10)
+    current = [as_listed(p) for p in before]
+    assert queues.rabbitmq_policy_changes(wanted, current) == {
+        "apply": [],
+        "remove": ["brokerfleet-a.dead"],
+    }
+    # Once removed, a re-run changes nothing.
+    assert queues.rabbitmq_policy_changes(wanted, current[:1]) == {"apply": [], "remove": []}
 
 
 def as_listed(policy, **changes):
@@ -164,25 +192,11 @@ def test_quorum_policies_add_a_delivery_limit_and_at_least_once_dead_lettering()
     policies = queues.rabbitmq_queue_policies(
         [group("a", delivery_limit=5)], max_length=10, queue_type="quorum"
     )
+    quorum = {"delivery-limit": 5, "dead-letter-strategy": "at-least-once"}
     assert policies == [
-        {
-            "name": "brokerfleet-a",
-            "pattern": "^a$",
-            "definition": {
-                "dead-letter-exchange": "",
-                "dead-letter-routing-key": "a.dead",
-                "max-length": 10,
-                "overflow": "reject-publish",
-                "delivery-limit": 5,
-                "dead-letter-strategy": "at-least-once",
-            },
-        },
+        {**CLASSIC_A, "definition": {**CLASSIC_A["definition"], **quorum}},
         # The dead-letter queue keeps its length limit only: no delivery limit there.
-        {
-            "name": "brokerfleet-a.dead",
-            "pattern": r"^a\.dead$",
-            "definition": {"max-length": 10, "overflow": "reject-publish"},
-        },
+        DEAD_A,
     ]
 
 
@@ -294,13 +308,24 @@ def test_classic_policies_do_not_change_and_quorum_only_adds_keys(groups, max_le
     classic = queues.rabbitmq_queue_policies(groups, max_length, extra)
     assert classic == queues.rabbitmq_queue_policies(groups, max_length, extra, "classic")
     quorum = queues.rabbitmq_queue_policies(groups, max_length, extra, "quorum")
-    assert [p["name"] for p in quorum] == [p["name"] for p in classic]
+    # Classic .dead queues are never bounded; quorum ones are, by max_length, when it is set.
+    assert not [p for p in classic if p["name"].endswith(".dead")]
+    dead = [p for p in quorum if p["name"].endswith(".dead")]
+    work = [p for p in quorum if not p["name"].endswith(".dead")]
+    assert [p["name"] for p in work] == [p["name"] for p in classic]
+    limit = {"max-length": max_length, "overflow": "reject-publish"}
+    assert dead == [
+        {
+            "name": f"{p['name']}.dead",
+            "pattern": f"{p['pattern'][:-1]}\\.dead$",
+            "definition": limit,
+        }
+        for p in work
+        if max_length
+    ]
     limits = queues.queue_delivery_limits(groups)
-    for before, after in zip(classic, quorum, strict=True):
+    for before, after in zip(classic, work, strict=True):
         assert after["pattern"] == before["pattern"]
-        if before["name"].endswith(".dead"):
-            assert after == before
-            continue
         for key in ("delivery-limit", "dead-letter-strategy"):
             assert key not in before["definition"]
         queue = before["name"].removeprefix("brokerfleet-")
@@ -322,9 +347,16 @@ def test_quorum_policies_converge_once_applied():
     wanted = queues.rabbitmq_queue_policies([group("a", delivery_limit=5)], 10, None, "quorum")
     current = [as_listed(p) for p in wanted]
     assert queues.rabbitmq_policy_changes(wanted, current) == {"apply": [], "remove": []}
-    # Switching a vhost's classic policies to quorum rewrites the work-queue policies only.
+    # Switching a vhost's classic policies to quorum rewrites the work-queue policies and
+    # bounds the dead-letter queues.
     classic = [as_listed(p) for p in queues.rabbitmq_queue_policies([group("a")], 10)]
-    assert queues.rabbitmq_policy_changes(wanted, classic) == {"apply": [wanted[0]], "remove": []}
+    assert queues.rabbitmq_policy_changes(wanted, classic) == {"apply": wanted, "remove": []}
+    # And back: the dead-letter queues' limit goes.
+    back = queues.rabbitmq_queue_policies([group("a")], 10)
+    assert queues.rabbitmq_policy_changes(back, current) == {
+        "apply": back,
+        "remove": ["brokerfleet-a.dead"],
+    }
 
 
 def test_missing_queues_of_the_wanted_type():
@@ -402,13 +434,42 @@ def test_checked_queues_name_each_queue_its_group_and_dead_letter_queue():
         {"name": "reports", "priority_levels": {"high": 2, "low": 1}},
         {"name": "more-imports", "queue": "wallabag.import"},
     ]
+
+    def entry(name, group, level, dead, limit=None):
+        return {
+            "name": name,
+            "group": group,
+            "level": level,
+            "dead": dead,
+            "dead_max_length": limit,
+        }
+
     assert queues.checked_queues(groups, "rabbitmq") == [
-        {"name": "wallabag.import", "group": "imports", "dead": "wallabag.import.dead"},
-        {"name": "reports.high", "group": "reports", "dead": "reports.high.dead"},
-        {"name": "reports.low", "group": "reports", "dead": "reports.low.dead"},
+        entry("wallabag.import", "imports", None, "wallabag.import.dead"),
+        entry("reports.high", "reports", "high", "reports.high.dead"),
+        entry("reports.low", "reports", "low", "reports.low.dead"),
     ]
     dead = [q["dead"] for q in queues.checked_queues(groups, "activemq")]
     assert dead[0] == "ActiveMQ.DLQ.Queue.wallabag.import"
+
+
+def test_the_check_is_told_the_dead_letter_limit_the_policies_set():
+    groups = [group("a"), group("b", priority_levels={"high": 1})]
+    for queue_type in queues.QUEUE_TYPES:
+        for max_length in (0, 10):
+            policies = queues.rabbitmq_queue_policies(groups, max_length, None, queue_type)
+            set_by_policy = {
+                p["name"].removeprefix("brokerfleet-"): p["definition"]["max-length"]
+                for p in policies
+                if p["name"].endswith(".dead")
+            }
+            checked = queues.checked_queues(groups, "rabbitmq", max_length, queue_type)
+            assert {q["dead"]: q["dead_max_length"] for q in checked} == {
+                dead: set_by_policy.get(dead) for dead in ("a.dead", "b.high.dead")
+            }
+    # ActiveMQ's dead-letter queues have no length limit (its store limit bounds them).
+    checked = queues.checked_queues(groups, "activemq", 10, "quorum")
+    assert {q["dead_max_length"] for q in checked} == {None}
 
 
 def test_an_unknown_broker_kind_is_an_error_not_a_guess():

@@ -1,10 +1,12 @@
 """Unit and property tests for plugins/module_utils/sizing.py."""
 
+import math
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from brokerfleet import sizing
+from brokerfleet import queues, sizing
 
 
 def group(name, **keys):
@@ -136,9 +138,89 @@ def test_prefetch_is_one_for_slow_jobs_and_about_a_second_of_work_for_fast_ones(
     assert sizing.prefetch_for(seconds) == prefetch
 
 
-def test_stop_wait_outlasts_the_job():
-    assert sizing.stop_wait_seconds(5) == 20
-    assert sizing.stop_wait_seconds(0.1) == 11
+@pytest.mark.parametrize(
+    ("keys", "longest"),
+    [
+        ({}, 60),  # job_seconds 5
+        ({"job_seconds": 0.01}, 60),
+        ({"job_seconds": 6}, 60),
+        ({"job_seconds": 20}, 200),
+        ({"job_seconds": 7.3}, 73),  # to the millisecond: not 72.99999999999999
+        ({"job_seconds": 20000}, 86400),  # at most a day, like job_seconds
+        ({"job_seconds": 86400}, 86400),
+        ({"job_seconds": 20, "max_job_seconds": 900}, 900),
+        ({"job_seconds": 20, "max_job_seconds": 20}, 20),
+    ],
+)
+def test_max_job_seconds_is_the_group_s_or_ten_typical_jobs_and_at_least_a_minute(keys, longest):
+    assert sizing.max_job_seconds(group("a", **keys)) == longest
+
+
+def test_stop_wait_outlasts_the_longest_allowed_job():
+    assert sizing.stop_wait_seconds(60) == 70
+    assert sizing.stop_wait_seconds(90.2) == 101
+    assert sizing.stop_wait_seconds(86400) == 86410
+
+
+@given(seconds=st.floats(min_value=0.001, max_value=86400))
+def test_the_derived_allowance_holds_the_job_and_the_stop_wait_never_shrinks(seconds):
+    longest = sizing.max_job_seconds(group("a", job_seconds=seconds))
+    assert seconds <= longest <= 86400
+    stop = sizing.stop_wait_seconds(longest)
+    assert stop >= longest + 10
+    # Never shorter than the stop timeout before max_job_seconds (2 x job_seconds + 10), but
+    # for jobs of more than half a day: none may run for more than a day.
+    assert stop >= min(math.ceil(2 * seconds), 86400) + 10
+
+
+# --- RabbitMQ's consumer_timeout ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("groups", "timeout_ms"),
+    [
+        ([], 1_800_000),
+        ([group("a")], 1_800_000),  # 60 s jobs at most: RabbitMQ's default stays
+        ([group("a"), group("b", job_seconds=600)], 12_000_000),  # 6000 s, twice
+        ([group("b", max_job_seconds=900.0004)], 1_801_000),  # whole seconds, rounded up
+        # Prefetch 10: the tenth message held waits for nine jobs of up to 600 s, then runs.
+        ([group("fast", job_seconds=0.1, max_job_seconds=600)], 12_000_000),
+        # One message held per level queue (prefetch 1), three levels.
+        (
+            [group("p", max_job_seconds=1000, priority_levels={"high": 2, "medium": 1, "low": 0})],
+            6_000_000,
+        ),
+    ],
+)
+def test_consumer_timeout_outlasts_the_longest_wait_for_an_ack(groups, timeout_ms):
+    assert sizing.consumer_timeout_ms(groups) == timeout_ms
+
+
+@given(
+    groups=st.lists(
+        st.fixed_dictionaries(
+            {"job_seconds": st.floats(min_value=0.001, max_value=86400)},
+            optional={"levels": st.integers(1, 5)},
+        ),
+        max_size=4,
+    )
+)
+def test_consumer_timeout_never_falls_below_a_group_s_allowance_nor_the_default(groups):
+    groups = [
+        group(
+            f"g{i}",
+            job_seconds=g["job_seconds"],
+            priority_levels=dict.fromkeys(queues.PRIORITY_LEVELS[: g.get("levels", 0)], 1) or None,
+        )
+        for i, g in enumerate(groups)
+    ]
+    timeout_ms = sizing.consumer_timeout_ms(groups)
+    assert isinstance(timeout_ms, int) and timeout_ms >= 1_800_000
+    for g in groups:
+        held = sizing.group_prefetch(g) * len(queues.consumed_queues(g))
+        assert timeout_ms >= 2000 * held * sizing.max_job_seconds(g)
+    # Adding a group never lowers it.
+    assert sizing.consumer_timeout_ms([*groups, group("extra")]) >= timeout_ms
 
 
 def test_watermark_is_relative_without_a_limit_and_disk_limit_covers_it():
@@ -179,8 +261,10 @@ def test_plan_fills_defaults_and_derives_per_group_numbers():
     )
     pocket, chrome = plan
     assert pocket["queue"] == "pocket" and pocket["importance"] == 3
-    assert (pocket["processes"], pocket["prefetch"], pocket["stopwaitsecs"]) == (6, 1, 70)
+    assert (pocket["processes"], pocket["prefetch"]) == (6, 1)
+    assert (pocket["max_job_seconds"], pocket["stopwaitsecs"]) == (300, 310)
     assert (chrome["processes"], chrome["prefetch"]) == (2, 5)
+    assert (chrome["max_job_seconds"], chrome["stopwaitsecs"]) == (60, 70)
 
 
 def test_plan_refuses_invalid_groups_with_every_error():
@@ -207,6 +291,7 @@ def test_rabbitmq_workers_get_an_encoded_amqp_url_and_their_poll_order():
     assert environment["BROKER_URL"] == "amqp://app%2Fuser:p%40ss%3Aw%2Frd%26x@mq1:5672/%2F"
     assert environment["FLEET_POLL_ORDER"] == "jobs.high,jobs.low,jobs.high"
     assert environment["BROKER_PREFETCH"] == "1" and "WORKER_PROCESS" not in environment
+    assert environment["WORKER_MAX_JOB_SECONDS"] == "60"
     assert "BROKER_STOMP_URL" not in environment
 
 

@@ -159,6 +159,24 @@ def test_a_name_twice_on_one_host_is_left_to_that_hosts_check():
     assert inputs.group_errors(by_host["w1"])  # which refuses it
 
 
+def test_group_definitions_keep_every_host_s_definition_of_a_group():
+    # RabbitMQ's consumer_timeout must suit the group as every host runs it, not only the first.
+    by_host = {
+        "w1": [group("imports", job_seconds=3), group("thumbs")],
+        "w2": None,
+        "w3": [group("imports", job_seconds=600), {"command": "/bin/true"}],
+    }
+    assert inputs.group_definitions(by_host) == [
+        group("imports", job_seconds=3),
+        group("thumbs"),
+        group("imports", job_seconds=600),
+    ]
+    own = [group("own")]
+    assert inputs.group_definitions({}, own) == own
+    assert inputs.group_definitions({"w1": None}) == []
+    assert inputs.group_definitions({"w1": []}, own) == []
+
+
 # --- groups of different hosts, as if on one ----------------------------------------------------
 
 

@@ -1,8 +1,10 @@
 """The reference worker's own logic (roles/worker_fleet/files/brokerfleet_worker.py): what a
-job is, the order in which it takes deliveries from its queues, and how it gets over a lost
-broker connection."""
+job is, the order in which it takes deliveries from its queues, how it and its publish and move
+commands get over a lost broker connection, and where move finds dead-lettered jobs."""
 
 import collections
+import itertools
+import json
 import os
 import random
 import re
@@ -128,7 +130,7 @@ class FakeBroker:
     def __init__(self, name, bodies, lose_on=None):
         self.name, self.bodies, self.lose_on = name, bodies, lose_on
         self.waiting = collections.defaultdict(collections.deque)
-        self.subscriptions, self.acked, self.closed = [], [], False
+        self.subscriptions, self.acked, self.rejected, self.closed = [], [], [], False
         self.when_idle = self.never_idle
 
     def never_idle(self):
@@ -157,14 +159,14 @@ class FakeBroker:
         self.acked.append(delivery.token)
 
     def reject(self, delivery):
-        pass
+        self.rejected.append(delivery.token)
 
     def close(self):
         self.closed = True
 
 
-def job(job_id):
-    return f'{{"id": {job_id}, "seconds": 0}}'.encode()
+def job(job_id, seconds=0):
+    return f'{{"id": {job_id}, "seconds": {seconds}}}'.encode()
 
 
 def connections(*outcomes):
@@ -180,7 +182,7 @@ def connections(*outcomes):
     return connect
 
 
-def run(connect, last, rand=None):
+def run(connect, last, rand=None, max_job_seconds=None):
     """Run the consume loop until `last` (the final connection) has nothing left to do, and
     return what it slept."""
     stopping, slept = [], []
@@ -188,7 +190,14 @@ def run(connect, last, rand=None):
     queues = ["jobs.high", "jobs.low"]
     poller = worker.Poller(queues, [])
     worker.consume_jobs(
-        connect, queues, 3, poller, stopping, sleep=slept.append, rand=rand or random.random
+        connect,
+        queues,
+        3,
+        poller,
+        stopping,
+        max_job_seconds=max_job_seconds,
+        sleep=slept.append,
+        rand=rand or random.random,
     )
     return slept
 
@@ -243,6 +252,35 @@ def test_the_backoff_starts_short_again_once_connected(done_dir, capsys):
     assert waits == ["1.0", "2.0", "4.0", "1.0"]
 
 
+def test_a_job_longer_than_the_allowance_is_dead_lettered_not_started(done_dir, capsys):
+    broker = FakeBroker("only", [job(1, 30), job(2, 90.5), job(3, 60), b"not json"])
+    run(connections(broker), last=broker, max_job_seconds=60)
+
+    assert done_ids(done_dir) == [1, 3]  # a job of exactly the allowance runs
+    assert broker.acked == [("only", 0), ("only", 2)]
+    assert broker.rejected == [("only", 1), ("only", 3)]  # requeue=False: to <queue>.dead
+    log = capsys.readouterr().out
+    assert "rejecting job 2 of 90.5 s: longer than the group's max_job_seconds (60 s)" in log
+
+
+def test_without_an_allowance_any_job_up_to_a_day_runs(done_dir):
+    broker = FakeBroker("only", [job(1, 86400)])
+    run(connections(broker), last=broker)
+    assert done_ids(done_dir) == [1] and broker.rejected == []
+
+
+@pytest.mark.parametrize(
+    ("environment", "allowance"),
+    [
+        ({}, None),
+        ({"WORKER_MAX_JOB_SECONDS": ""}, None),
+        ({"WORKER_MAX_JOB_SECONDS": "73.5"}, 73.5),
+    ],
+)
+def test_the_allowance_comes_from_the_environment(environment, allowance):
+    assert worker.job_allowance(environment) == allowance
+
+
 def test_sigterm_during_the_backoff_ends_the_loop():
     stopping = []
     slept = []
@@ -279,12 +317,20 @@ def test_a_real_sigterm_cuts_a_long_pause_short():
         signal.signal(signal.SIGTERM, previous)
 
 
-def test_a_stomp_disconnection_is_noticed_by_the_main_thread_not_the_end_of_the_process():
-    # The receiver-thread side of StompBroker, without stomp.py (not installed here).
+def bare_stomp_broker():
+    """A StompBroker without stomp.py (not installed here) and without a connection."""
     broker = object.__new__(worker.StompBroker)
     broker.arrived = threading.Condition()
     broker.waiting = collections.defaultdict(collections.deque)
+    broker.receipts, broker.sent = set(), itertools.count()
     broker.closing = broker.disconnected = False
+    broker.lost_errors = (OSError,)
+    return broker
+
+
+def test_a_stomp_disconnection_is_noticed_by_the_main_thread_not_the_end_of_the_process():
+    # The receiver-thread side of StompBroker.
+    broker = bare_stomp_broker()
     receiver = threading.Timer(0.1, broker.on_disconnected)
     receiver.start()
     started = time.monotonic()
@@ -333,7 +379,7 @@ def test_without_broker_urls_or_on_activemq_there_is_one_endpoint():
     assert worker.Endpoints(activemq).urls == ["stomp://a"]
 
 
-def test_publish_tries_every_node_before_it_gives_up(monkeypatch):
+def test_publish_takes_the_next_node_at_each_attempt_until_its_time_is_up(monkeypatch):
     tried = []
 
     def refuse(environment, url):
@@ -345,10 +391,257 @@ def test_publish_tries_every_node_before_it_gives_up(monkeypatch):
         "BROKER_KIND": "rabbitmq",
         "BROKER_URL": "amqp://a",
         "BROKER_URLS": "amqp://a,amqp://b",
+        "BROKER_QUEUE": "jobs",
     }
-    with pytest.raises(SystemExit, match="no broker endpoint answered"):
-        worker.connect_any(environment)
-    assert sorted(tried) == ["amqp://a", "amqp://b"]
+    clock = FakeClock()
+    reconnects = worker.Reconnects(
+        worker.Endpoints(environment).connect, 3, clock.sleep, lambda: 1.0, clock.now
+    )
+    with pytest.raises(SystemExit, match="giving up, 0 of 2 confirmed"):
+        worker.publish(publishing(count=2), environment, reconnects)
+    assert clock.slept == [1, 2]  # attempts at 0, 1 and 3 s
+    assert tried[0] != tried[1] and tried[2] == tried[0]
+    assert sorted(tried[:2]) == ["amqp://a", "amqp://b"]
+
+
+# --- publish and move: bounded retries ----------------------------------------------------------
+
+
+class FakeClock:
+    """time.monotonic and time.sleep for Reconnects: sleeping moves the clock on."""
+
+    def __init__(self):
+        self.time, self.slept = 0.0, []
+
+    def now(self):
+        return self.time
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+        self.time += seconds
+
+
+def publishing(count, first_id=1, level=None, seconds=0.1):
+    return types.SimpleNamespace(
+        level=level, first_id=first_id, count=count, seconds=seconds, retry_seconds=300
+    )
+
+
+class Publisher:
+    """A broker connection for publish: the broker stores each message sent into `stored`
+    (job ids, shared by every connection) and confirms it, up to `confirms` messages; the
+    connection is lost before the next one's confirm comes back."""
+
+    def __init__(self, stored, confirms=None):
+        self.stored, self.confirms, self.closed = stored, confirms, False
+
+    def publish(self, queue, bodies, confirmed):
+        for sent, body in enumerate(bodies):
+            self.stored.append(json.loads(body)["id"])
+            if sent == self.confirms:
+                raise worker.ConnectionLost("connection reset")
+            confirmed(1)
+
+    def close(self):
+        self.closed = True
+
+
+PLAIN = {"BROKER_KIND": "rabbitmq", "BROKER_QUEUE": "jobs", "FLEET_POLL_ORDER": "jobs"}
+
+
+def test_a_lost_connection_resends_from_the_first_unconfirmed_message(capsys):
+    stored = []
+    first, last = Publisher(stored, confirms=2), Publisher(stored)
+    refused = worker.ConnectionLost("connection refused")
+    clock = FakeClock()
+    reconnects = worker.Reconnects(
+        connections(first, refused, last), 300, clock.sleep, lambda: 0.5, clock.now
+    )
+    worker.publish(publishing(count=5), PLAIN, reconnects)
+
+    # Job 3 reached the queue but its confirm was lost: it is sent again (at-least-once).
+    assert stored == [1, 2, 3, 3, 4, 5]
+    assert first.closed and last.closed
+    assert clock.slept == [0.5, 1.0]  # backoff_delays with rand() = 0.5
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
+        "[worker] no broker connection (connection reset): connecting again in 0.5 s, "
+        "2 of 5 confirmed",
+        "[worker] no broker connection (connection refused): connecting again in 1.0 s, "
+        "2 of 5 confirmed",
+    ]
+    assert out == "published 5 jobs of 0.1 s to jobs\n"
+
+
+def test_the_retries_end_once_the_broker_was_away_their_time_in_all():
+    stored = []
+    refused = worker.ConnectionLost("connection refused")
+    clock = FakeClock()
+    reconnects = worker.Reconnects(
+        connections(refused, Publisher(stored, confirms=1), *[refused] * 5),
+        10,
+        clock.sleep,
+        lambda: 1.0,
+        clock.now,
+    )
+    with pytest.raises(SystemExit) as stopped:
+        worker.publish(publishing(count=5), PLAIN, reconnects)
+
+    # Away 1 s before job 1 went through, which starts the backoff short again; then 9 s more,
+    # the last wait cut to what is left of the 10 s.
+    assert clock.slept == [1, 1, 2, 4, 2]
+    assert stored == [1, 2]
+    assert stopped.value.code == (
+        "no broker connection (connection refused) for 10 s in all (--retry-seconds): "
+        "giving up, 1 of 5 confirmed"
+    )  # a message: exit status 1
+
+
+def test_an_amqp_publish_under_a_dropped_connection_is_a_connection_lost(monkeypatch):
+    pika = fake_pika([])
+    monkeypatch.setitem(sys.modules, "pika", pika)
+    broker = worker.AmqpBroker("amqp://mq")
+    published = []
+
+    def basic_publish(exchange, queue, body, properties, mandatory):
+        if len(published) == 2:
+            raise pika.exceptions.AMQPConnectionError("stream lost")
+        published.append(body)  # confirmed: with confirms on, basic_publish waits for it
+
+    broker.channel.basic_publish = basic_publish
+    confirmed = []
+    with pytest.raises(worker.ConnectionLost, match="stream lost"):
+        broker.publish("jobs", [job(n) for n in range(1, 6)], confirmed.append)
+    assert confirmed == [1, 1]
+
+
+def test_a_stomp_batch_is_confirmed_only_once_its_receipt_is_back(monkeypatch):
+    monkeypatch.setattr(worker, "PUBLISH_BATCH", 2)
+    broker = bare_stomp_broker()
+    sent = []
+
+    def send(destination, body, content_type, headers):
+        sent.append(body)
+        if len(sent) < 4:
+            broker.on_receipt(types.SimpleNamespace(headers={"receipt-id": headers["receipt"]}))
+        else:
+            broker.on_disconnected()  # frame 4's receipt is lost with the connection
+
+    broker.connection = types.SimpleNamespace(send=send)
+    confirmed = []
+    with pytest.raises(worker.ConnectionLost):
+        broker.publish("jobs", [job(n) for n in range(1, 6)], confirmed.append)
+    assert confirmed == [2]  # frames 1 and 2; frame 3's receipt alone confirms no batch
+    assert len(sent) == 4
+
+
+PRIORITY = {
+    "BROKER_QUEUE": "jobs",
+    "FLEET_POLL_ORDER": "jobs.high,jobs.low,jobs.high",
+    "FLEET_POLL_WHEN_IDLE": "jobs.very_low",
+}
+
+
+@pytest.mark.parametrize("kind", ["rabbitmq", "activemq"])
+def test_move_from_dead_takes_the_dead_letter_queues_of_the_group(kind):
+    plain = {"BROKER_KIND": kind, "BROKER_QUEUE": "jobs", "FLEET_POLL_ORDER": "jobs"}
+    levels = {"BROKER_KIND": kind, **PRIORITY}
+    dead = {
+        queue: queues.dead_letter_queue(queue, kind)  # as the broker roles name them
+        for queue in ("jobs", "jobs.high", "jobs.low", "jobs.very_low")
+    }
+    assert worker.move_queues(plain, "dead", None) == ([dead["jobs"]], "jobs")
+    assert worker.move_queues(levels, "dead", "low") == (
+        [dead["jobs.high"], dead["jobs.low"], dead["jobs.very_low"]],
+        "jobs.low",
+    )
+    assert worker.move_queues(levels, "low", "high") == (["jobs.low"], "jobs.high")
+    with pytest.raises(SystemExit, match="priority levels: give --to, one of high, low, very_low"):
+        worker.move_queues(levels, "dead", None)
+    with pytest.raises(SystemExit, match="consumes jobs.high, jobs.low, jobs.very_low, not jobs.x"):
+        worker.move_queues(levels, "dead", "x")
+
+
+def test_the_dead_letter_queue_names_are_the_broker_roles_ones():
+    assert worker.dead_letter_queue({"BROKER_KIND": "rabbitmq"}, "jobs") == "jobs.dead"
+    assert (
+        worker.dead_letter_queue({"BROKER_KIND": "activemq"}, "jobs") == "ActiveMQ.DLQ.Queue.jobs"
+    )
+
+
+def test_move_needs_to_unless_from_dead():
+    with pytest.raises(SystemExit) as refused:
+        worker.main(["move", "--group", "jobs", "--from", "low"])
+    assert refused.value.code == 2  # argparse's usage error, before the group is read
+
+
+class Mover:
+    """A broker connection for move over `store` (queue name: list of bodies; the broker,
+    shared by every connection): subscribing delivers what waits in the queues; publish
+    appends, an ack takes the message off its queue; the `lose_on_ack`-th ack loses the
+    connection."""
+
+    def __init__(self, store, lose_on_ack=None):
+        self.store, self.lose_on_ack, self.acks = store, lose_on_ack, 0
+        self.waiting = collections.defaultdict(collections.deque)
+        self.subscriptions = []
+
+    def subscribe(self, names, prefetch):
+        self.subscriptions.append(names)
+        for name in names:
+            self.waiting[name].extend(
+                worker.Delivery(name, body, body) for body in self.store[name]
+            )
+
+    def wait(self, seconds):
+        pass
+
+    def publish(self, queue, bodies, confirmed=lambda count: None):
+        self.store[queue].extend(bodies)
+
+    def ack(self, delivery):
+        self.acks += 1
+        if self.acks == self.lose_on_ack:
+            raise worker.ConnectionLost("connection reset")
+        self.store[delivery.queue].remove(delivery.token)
+
+    def close(self):
+        pass
+
+
+def test_move_requeues_dead_letters_across_a_reconnect(capsys):
+    broker = {
+        "jobs.high.dead": [job(1), job(2)],
+        "jobs.low.dead": [job(3), job(4)],
+        "jobs.very_low.dead": [],
+        "jobs.high": [],
+    }
+    first, second = Mover(broker, lose_on_ack=2), Mover(broker)
+    clock = FakeClock()
+    reconnects = worker.Reconnects(connections(first, second), 300, clock.sleep, lambda: 0.5)
+    args = types.SimpleNamespace(source="dead", target="high", id=None, count=10, scan=100)
+    assert worker.move(args, {"BROKER_KIND": "rabbitmq", **PRIORITY}, reconnects) == 0
+
+    # Job 3 was published before its ack was lost: it is moved again, and waits twice.
+    assert broker == {
+        "jobs.high.dead": [],
+        "jobs.low.dead": [],
+        "jobs.very_low.dead": [],
+        "jobs.high": [job(1), job(3), job(2), job(3), job(4)],
+    }
+    assert second.subscriptions == first.subscriptions
+    assert clock.slept == [0.5]
+    out, err = capsys.readouterr()
+    assert "connecting again in 0.5 s, 1 moved" in err
+    assert out.startswith("moved 4 job(s) from jobs.high.dead, jobs.low.dead, jobs.very_low.dead")
+
+
+def test_move_from_dead_finds_one_job_in_activemqs_dead_letter_queue():
+    broker = {"ActiveMQ.DLQ.Queue.jobs": [job(1), job(2), b"not json"], "jobs": []}
+    reconnects = worker.Reconnects(connections(Mover(broker)), 300)
+    args = types.SimpleNamespace(source="dead", target=None, id="2", count=1, scan=100)
+    assert worker.move(args, {**PLAIN, "BROKER_KIND": "activemq"}, reconnects) == 0
+    assert broker == {"ActiveMQ.DLQ.Queue.jobs": [job(1), b"not json"], "jobs": [job(2)]}
 
 
 # --- queues: the worker declares none -----------------------------------------------------------
@@ -420,11 +713,20 @@ def test_the_worker_consumes_publishes_and_moves_without_declaring_a_queue(monke
         "BROKER_QUEUE": "jobs",
         "FLEET_POLL_ORDER": "jobs.high,jobs.low,jobs.high",
     }
+    worker.publish(publishing(count=2, level="low"), environment)
+    assert "warning" not in capsys.readouterr().out
     worker.publish(
-        types.SimpleNamespace(level="low", first_id=1, count=2, seconds=0.1), environment
+        publishing(count=1, first_id=3, level="low", seconds=120),
+        {**environment, "WORKER_MAX_JOB_SECONDS": "60"},
+    )
+    assert (
+        "warning: jobs of 120 s exceed the group's max_job_seconds (60 s): its workers will "
+        "dead-letter them" in capsys.readouterr().out
     )
     moved = worker.move(
-        types.SimpleNamespace(source="low", target="high", scan=10, count=1, id=None),
+        types.SimpleNamespace(
+            source="low", target="high", scan=10, count=1, id=None, retry_seconds=300
+        ),
         environment,
     )
     assert moved == 1  # its exit status: nothing was waiting, so nothing moved
@@ -432,3 +734,26 @@ def test_the_worker_consumes_publishes_and_moves_without_declaring_a_queue(monke
         calls
     )
     assert not [name for name in calls if "declare" in name]
+
+
+def test_publish_and_move_find_a_group_with_no_process_on_this_host(tmp_path, monkeypatch):
+    # A group at min 0 keeps its spec file when this host runs none of its processes: its
+    # supervisord file has no program to name it, so move --from dead still works there.
+    conf_dir, spec_dir = tmp_path / "conf.d", tmp_path / "workers"
+    conf_dir.mkdir(), spec_dir.mkdir()
+    monkeypatch.setattr(worker, "GROUP_FILE", str(conf_dir / "brokerfleet-{group}.conf"))
+    monkeypatch.setattr(worker, "SPEC_DIR", str(spec_dir))
+    spec = {"environment": {"BROKER_QUEUE": "thumbnails"}}
+    (spec_dir / "thumbnails.9c45980d8e33.json").write_text(json.dumps(spec))
+    (spec_dir / "thumbnails-big.1234.json").write_text("{}")  # another group: not read
+    (conf_dir / "brokerfleet-thumbnails.conf").write_text("; Worker group thumbnails: 0\n")
+    assert worker.group_environment("thumbnails") == spec["environment"]
+    with pytest.raises(SystemExit, match="no worker of group 'thumb'"):
+        worker.group_environment("thumb")
+    # With programs, the file names the spec they start from.
+    (spec_dir / "imports.ab.json").write_text(json.dumps({"environment": {"BROKER_QUEUE": "i"}}))
+    (conf_dir / "brokerfleet-imports.conf").write_text(
+        f"[program:imports-00]\ncommand=/usr/local/bin/brokerfleet-exec {spec_dir}/imports.ab.json"
+        " imports-00\n"
+    )
+    assert worker.group_environment("imports") == {"BROKER_QUEUE": "i"}

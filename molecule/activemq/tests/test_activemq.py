@@ -2,13 +2,15 @@
 limits and prefetch as the broker reports them (statistics over STOMP, JMX with its login), no
 anonymous access, and the production regression: 750 jobs over five priority levels, 4 workers
 polling in the weighted order, all completed, none left in flight, the broker under its memory
-limit."""
+limit. Then two fault drills (molecule/conftest.py Drill): a STOMP worker killed mid-job and a
+broker restart mid-drain lose nothing."""
 
 import json
 import statistics
 import time
 
 from conftest import (
+    Drill,
     check,
     cron_runs,
     done_ids,
@@ -275,3 +277,53 @@ def test_moving_a_waiting_job_to_another_level_loses_nothing(broker, worker):
     rest = [7001, 7002, 7004, 7005]
     assert wait_until(lambda: set(rest) <= set(done_ids(worker, "jobs.very_low")), 30)
     assert 7003 not in done_ids(worker, "jobs.very_low")
+
+
+def activemq_depth(broker, queue):
+    """(waiting, dispatched and not yet acked) jobs of ``queue``."""
+    found = queue_sizes(broker).get(queue, {"size": 0, "inflightCount": 0})
+    return found["size"] - found["inflightCount"], found["inflightCount"]
+
+
+def test_a_stomp_worker_killed_mid_job_is_back_and_its_job_done(broker, worker):
+    drill = Drill(
+        "ActiveMQ: kill -9 a STOMP worker",
+        broker,
+        worker,
+        "jobs",
+        40,
+        1,
+        20_000,
+        level="medium",
+        depth=activemq_depth,
+    )
+    drill.fault()
+    worker.check_output(f"kill -9 {of_group(running(worker), 'jobs')['jobs-00']}")
+    assert drill.finish(lambda: len(of_group(running(worker), "jobs")) == WORKERS, 30) < 10
+
+
+def test_an_activemq_restart_mid_drain_loses_nothing(broker, worker):
+    drill = Drill(
+        "ActiveMQ: restart the broker",
+        broker,
+        worker,
+        "jobs",
+        60,
+        1,
+        30_000,
+        level="medium",
+        depth=activemq_depth,
+    )
+    drill.fault()
+    broker.check_output("service activemq restart")
+
+    def reconnected():
+        try:
+            consumers = queue_sizes(broker)["jobs.medium"]["consumerCount"]
+        except AssertionError:  # the broker is not answering yet
+            return False
+        return consumers == WORKERS and len(of_group(running(worker), "jobs")) == WORKERS
+
+    drill.finish(reconnected, 120)
+    logs = worker.check_output("cat /var/log/brokerfleet/jobs/*.log")
+    assert logs.count("no broker connection") >= WORKERS

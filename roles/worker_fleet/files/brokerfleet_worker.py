@@ -2,17 +2,25 @@
 """brokerfleet reference worker: drains its group's queues the way the bundle expects workers to.
 
     brokerfleet-worker                      consume (run by supervisord)
-    brokerfleet-worker publish --group G --count N [--level L]
+    brokerfleet-worker publish --group G --count N [--level L] [--retry-seconds S]
                                             queue N demo jobs for group G (tests, benchmark,
                                             demos), with the broker settings its workers have
-    brokerfleet-worker move --group G --from L --to L [--id ID | --count N]
+    brokerfleet-worker move --group G --from L --to L [--id ID | --count N] [--retry-seconds S]
                                             re-prioritise waiting jobs: move them to another
                                             level's queue; an interruption loses nothing
+    brokerfleet-worker move --group G --from dead [--to L] [--id ID | --count N]
+                                            requeue dead-lettered jobs: from the group's
+                                            dead-letter queues (<queue>.dead on RabbitMQ,
+                                            ActiveMQ.DLQ.Queue.<queue> on ActiveMQ) to its
+                                            queue; a group with priority levels needs --to
 
 A job is a JSON message {"id": ..., "seconds": ...}: the worker works for that long, appends
 "<id> <started> <finished>" (Unix times) to <done dir>/<queue>.log, then acknowledges, so
 completed, lost and duplicated jobs can be counted. A message that is not a job is rejected
 without requeue: RabbitMQ dead-letters it to <queue>.dead, ActiveMQ to its dead-letter queue.
+So is a job announced longer than WORKER_MAX_JOB_SECONDS (the group's max_job_seconds), rather
+than started: supervisord's stop timeout and RabbitMQ's consumer_timeout only allow for that
+long, and a job that outlasts them is killed or redelivered mid-way, and done again.
 
 The worker holds one long-lived consumer per queue, each with BROKER_PREFETCH unacknowledged
 messages at most, and takes its next job from the queues in FLEET_POLL_ORDER (a weighted
@@ -26,17 +34,26 @@ A lost broker connection, or none at start, does not end the worker: it logs a l
 The broker requeues the messages the old connection held; a job done whose ack was lost with
 the connection runs again (at-least-once).
 
+publish and move get over a lost connection too, for --retry-seconds (default 300) in all:
+each failed attempt logs a line to stderr (why, how long until the next, how far the work
+got), then they wait the same way and connect again, to the next node of a cluster. publish
+sends again every message not yet confirmed, from the first unconfirmed one on; a message
+whose confirm was lost with the connection is sent twice (at-least-once). move subscribes
+afresh and goes on. Once the time is up they exit with status 1, saying how many messages
+were confirmed (moved).
+
 Environment: BROKER_KIND (rabbitmq: AMQP through BROKER_URL, or any of BROKER_URLS, the
 comma-separated URLs of every node of a cluster, python3-pika; activemq: STOMP through
 BROKER_STOMP_URL, python3-stomp), BROKER_QUEUE, BROKER_PREFETCH, FLEET_POLL_ORDER,
-FLEET_POLL_WHEN_IDLE, WORKER_RECYCLE_AFTER, BROKERFLEET_DONE_DIR (default
-/var/lib/brokerfleet/done).
+FLEET_POLL_WHEN_IDLE, WORKER_RECYCLE_AFTER, WORKER_MAX_JOB_SECONDS (unset: jobs up to a day),
+BROKERFLEET_DONE_DIR (default /var/lib/brokerfleet/done).
 """
 
 import argparse
 import collections
 import configparser
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -50,6 +67,12 @@ DONE_DIR = os.environ.get("BROKERFLEET_DONE_DIR", "/var/lib/brokerfleet/done")
 
 # Longest wait, after an ack, for the broker to send the queue's next message (a round trip).
 SETTLE_SECONDS = 0.05
+
+# Messages a STOMP publisher sends before it waits for the broker's receipt.
+PUBLISH_BATCH = 100
+
+# move --from dead: the group's dead-letter queues.
+DEAD = "dead"
 
 # A delivery waiting in the worker: the queue it came from, its body, and what acks it.
 Delivery = collections.namedtuple("Delivery", "queue body token")
@@ -69,8 +92,8 @@ def connection_lost_on(errors):
         raise ConnectionLost(repr(error)) from error
 
 
-def log(message):
-    print(f"[{os.environ.get('WORKER_PROCESS', 'worker')}] {message}", flush=True)
+def log(message, file=None):
+    print(f"[{os.environ.get('WORKER_PROCESS', 'worker')}] {message}", file=file, flush=True)
 
 
 def parse_job(body):
@@ -164,14 +187,18 @@ class AmqpBroker:
         with connection_lost_on(self.lost_errors):
             self.channel.basic_reject(delivery.token, requeue=False)
 
-    def publish(self, queue, bodies):
-        """Publish persistently and wait until the broker has taken each message."""
-        if not self.confirming:
-            self.channel.confirm_delivery()
-            self.confirming = True
+    def publish(self, queue, bodies, confirmed=lambda count: None):
+        """Publish persistently, in order, and wait until the broker has taken each message:
+        confirmed(1) after each confirm."""
         persistent = self.pika.BasicProperties(delivery_mode=2, content_type="application/json")
-        for body in bodies:
-            self.channel.basic_publish("", queue, body, persistent, mandatory=True)
+        with connection_lost_on(self.lost_errors):
+            if not self.confirming:
+                self.channel.confirm_delivery()
+                self.confirming = True
+            for body in bodies:
+                # With confirms on, basic_publish returns once the broker confirmed the message.
+                self.channel.basic_publish("", queue, body, persistent, mandatory=True)
+                confirmed(1)
 
     def close(self):
         # Closing requeues the messages delivered to this worker but not acked; a connection
@@ -201,7 +228,7 @@ class StompBroker:
         )
         self.arrived = threading.Condition()
         self.waiting = collections.defaultdict(collections.deque)
-        self.receipts = set()
+        self.receipts, self.sent = set(), itertools.count()
         self.closing = False
         self.disconnected = False
         self.connection.set_listener("worker", self)
@@ -276,26 +303,37 @@ class StompBroker:
         with connection_lost_on(self.lost_errors):
             self.connection.nack(*delivery.token)
 
-    def publish(self, queue, bodies):
-        """Publish persistently; the receipt of the last frame confirms every earlier one,
-        since the broker handles a connection's frames in order."""
-        receipt = None
-        for index, body in enumerate(bodies):
-            receipt = f"publish-{os.getpid()}-{index}-{time.monotonic()}"
-            self.connection.send(
-                f"/queue/{queue}",
-                body,
-                content_type="application/json",
-                headers={"persistent": "true", "receipt": receipt},
-            )
-        self._await_receipt(receipt)
+    def publish(self, queue, bodies, confirmed=lambda count: None):
+        """Publish persistently, in order, in batches of PUBLISH_BATCH frames: confirmed(n)
+        once the receipt of a batch's last frame is back. That receipt confirms every earlier
+        frame of the batch, since the broker handles a connection's frames in order."""
+        bodies = iter(bodies)
+        while batch := list(itertools.islice(bodies, PUBLISH_BATCH)):
+            self._check_connected()
+            with connection_lost_on(self.lost_errors):
+                for body in batch:
+                    receipt = f"publish-{next(self.sent)}"
+                    self.connection.send(
+                        f"/queue/{queue}",
+                        body,
+                        content_type="application/json",
+                        headers={"persistent": "true", "receipt": receipt},
+                    )
+            self._await_receipt(receipt)
+            confirmed(len(batch))
 
     def _await_receipt(self, receipt, timeout=30):
-        if receipt is None:
-            return
         with self.arrived:
-            if not self.arrived.wait_for(lambda: receipt in self.receipts, timeout):
-                sys.exit(f"the broker did not confirm the messages within {timeout} s")
+            arrived = self.arrived.wait_for(
+                lambda: receipt in self.receipts or self.disconnected, timeout
+            )
+            # The receipts of the batch's earlier frames came before this one.
+            self.receipts.clear()
+        self._check_connected()
+        if not arrived:
+            # Heartbeats would have noticed a dead connection: the broker is stuck. A new
+            # connection sends the batch again.
+            raise ConnectionLost(f"the broker did not confirm the messages within {timeout} s")
 
     def close(self):
         self.closing = True
@@ -378,9 +416,9 @@ def pause(seconds, stopping, sleep=time.sleep):
         seconds -= step
 
 
-def take_job(broker, poller):
+def take_job(broker, poller, max_job_seconds=None):
     """Work and ack the next job waiting, or wait up to a second for one. True if a job was
-    done."""
+    done. A job announced longer than `max_job_seconds` is rejected, not started."""
     delivery = poller.next(broker.waiting)
     if delivery is None:
         broker.wait(1)  # idle: a chance to notice SIGTERM every second
@@ -391,6 +429,14 @@ def take_job(broker, poller):
         broker.reject(delivery)
         return False
     job_id, seconds = job
+    if max_job_seconds is not None and seconds > max_job_seconds:
+        log(
+            f"rejecting job {job_id} of {seconds:g} s: longer than the group's "
+            f"max_job_seconds ({max_job_seconds:g} s), all a stopping worker is given to finish "
+            "a job; it goes to the dead-letter queue"
+        )
+        broker.reject(delivery)
+        return False
     started = time.time()
     broker.work(seconds)
     record_done(delivery.queue, job_id, started)
@@ -412,6 +458,7 @@ def consume_jobs(
     poller,
     stopping,
     recycle_after=0,
+    max_job_seconds=None,
     sleep=time.sleep,
     rand=random.random,
 ):
@@ -431,7 +478,7 @@ def consume_jobs(
                 # Connected: the next loss starts again from a short wait.
                 delays = backoff_delays(rand=rand)
                 log(f"consuming {', '.join(queues)} with prefetch {prefetch}")
-            if take_job(broker, poller):
+            if take_job(broker, poller, max_job_seconds):
                 done += 1
                 if recycle_after and done >= recycle_after:
                     log(f"recycling after {done} jobs")
@@ -455,89 +502,225 @@ def consume():
     queues = list(dict.fromkeys(order + when_idle))
     prefetch = int(os.environ.get("BROKER_PREFETCH", "1"))
     recycle_after = int(os.environ.get("WORKER_RECYCLE_AFTER") or 0)
+    max_job_seconds = job_allowance(os.environ)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     poller = Poller(order, when_idle)
-    consume_jobs(Endpoints(os.environ).connect, queues, prefetch, poller, stopping, recycle_after)
+    consume_jobs(
+        Endpoints(os.environ).connect,
+        queues,
+        prefetch,
+        poller,
+        stopping,
+        recycle_after,
+        max_job_seconds,
+    )
+
+
+def job_allowance(environment):
+    """WORKER_MAX_JOB_SECONDS as a number, or None when unset (a worker started by hand, or
+    from a spec written before the bundle set it): no allowance but parse_job's day."""
+    value = environment.get("WORKER_MAX_JOB_SECONDS")
+    return float(value) if value else None
+
+
+GROUP_FILE = "/etc/supervisor/conf.d/brokerfleet-{group}.conf"
+SPEC_DIR = "/etc/brokerfleet/workers"
 
 
 def group_environment(group):
     """The environment the workers of ``group`` get: the spec file their programs start from
-    (brokerfleet-exec SPEC PROCESS, in the group's supervisord file)."""
+    (brokerfleet-exec SPEC PROCESS, in the group's supervisord file). A group with no process
+    on this host (min 0) still has its one spec file, <group>.<revision>.json: the run removes
+    the others."""
     config = configparser.RawConfigParser(interpolation=None)
-    path = f"/etc/supervisor/conf.d/brokerfleet-{group}.conf"
-    if not config.read(path) or not config.sections():
-        sys.exit(f"no worker of group {group!r} in {path}")
-    spec = config.get(config.sections()[0], "command").split()[1]
+    path = GROUP_FILE.format(group=group)
+    if config.read(path) and config.sections():
+        spec = config.get(config.sections()[0], "command").split()[1]
+    else:
+        names = os.listdir(SPEC_DIR) if os.path.isdir(SPEC_DIR) else []
+        specs = [n for n in names if n.endswith(".json") and n.rsplit(".", 2)[0] == group]
+        if len(specs) != 1:
+            sys.exit(f"no worker of group {group!r} in {path}, nor its spec in {SPEC_DIR}")
+        spec = os.path.join(SPEC_DIR, specs[0])
     with open(spec, encoding="utf-8") as handle:
         return json.load(handle)["environment"]
 
 
-def level_queue(environment, level):
+def group_queues(environment):
+    """The queues the group whose environment this is consumes: its queue, or one per priority
+    level (none in an environment without FLEET_POLL_ORDER, written by hand)."""
+    names = split(environment.get("FLEET_POLL_ORDER"))
+    return list(dict.fromkeys(names + split(environment.get("FLEET_POLL_WHEN_IDLE"))))
+
+
+def level_queue(environment, level, option="--level"):
     """The queue of a priority level of the group whose environment this is."""
     queue = f"{environment['BROKER_QUEUE']}.{level}" if level else environment["BROKER_QUEUE"]
-    known = split(environment.get("FLEET_POLL_ORDER")) + split(
-        environment.get("FLEET_POLL_WHEN_IDLE")
-    )
+    known = group_queues(environment)
     if known and queue not in known:
-        sys.exit(f"the group consumes {', '.join(dict.fromkeys(known))}, not {queue}: give --level")
+        sys.exit(f"the group consumes {', '.join(known)}, not {queue}: give {option}")
     return queue
 
 
-def connect_any(environment):
-    """A connection to the first endpoint that answers (publish, move: run by hand)."""
-    endpoints = Endpoints(environment)
-    for _ in endpoints.urls:
-        try:
-            return endpoints.connect()
-        except ConnectionLost as lost:
-            log(f"no broker connection ({lost})")
-    sys.exit("no broker endpoint answered")
+def dead_letter_queue(environment, queue):
+    """Where the broker puts what `queue` dead-letters, named as plugins/module_utils/brokers.py
+    names it: <queue>.dead on RabbitMQ (the bundle's policy), ActiveMQ.DLQ.Queue.<queue> on
+    ActiveMQ (individualDeadLetterStrategy)."""
+    if environment.get("BROKER_KIND") == "activemq":
+        return f"ActiveMQ.DLQ.Queue.{queue}"
+    return f"{queue}.dead"
 
 
-def publish(args, environment):
+def move_queues(environment, source, target):
+    """The queues `move --from source --to target` takes jobs from, and the one it moves them
+    to. --from dead takes them from the dead-letter queue of every queue the group consumes;
+    --to is then the group's queue by default, but a group with priority levels must name a
+    level."""
+    if source == DEAD:
+        queue = environment["BROKER_QUEUE"]
+        consumed = group_queues(environment) or [queue]
+        if target is None and consumed != [queue]:
+            levels = ", ".join(name.removeprefix(f"{queue}.") for name in consumed)
+            sys.exit(f"the group has priority levels: give --to, one of {levels}")
+        sources = [dead_letter_queue(environment, name) for name in consumed]
+    else:
+        sources = [level_queue(environment, source, "--from")]
+    return sources, level_queue(environment, target, "--to")
+
+
+class Reconnects:
+    """The broker connections of a command run by hand (publish, move), which gets over a lost
+    one: run(work) calls work(broker) on a new connection each time the last one was lost (or
+    could not be opened), after a wait (backoff_delays, from a short one again once work went
+    through), and each time on the next endpoint. It gives up, with exit status 1, once the
+    broker has been away for `retry_seconds` in all, counting from each loss until work went
+    through again."""
+
+    def __init__(
+        self, connect, retry_seconds, sleep=time.sleep, rand=random.random, clock=time.monotonic
+    ):
+        self.connect, self.retry_seconds = connect, retry_seconds
+        self.sleep, self.rand, self.clock = sleep, rand, clock
+        self.delays = backoff_delays(rand=rand)
+        self.away = 0.0  # seconds without the broker, over the outages that are over
+        self.lost_at = None  # when the current outage began
+
+    def went_through(self):
+        """Work went through (a message confirmed, a job moved): any outage is over."""
+        if self.lost_at is not None:
+            self.away += self.clock() - self.lost_at
+            self.lost_at = None
+            self.delays = backoff_delays(rand=self.rand)
+
+    def run(self, work, progress):
+        """What work(broker) returns, on as many connections as it takes. progress() says how
+        far the work got, for the log and the final error."""
+        while True:
+            broker = None
+            try:
+                broker = self.connect()
+                return work(broker)
+            except ConnectionLost as lost:
+                now = self.clock()
+                if self.lost_at is None:
+                    self.lost_at = now
+                left = self.retry_seconds - self.away - (now - self.lost_at)
+                if left <= 0:
+                    sys.exit(
+                        f"no broker connection ({lost}) for {self.retry_seconds:g} s in all "
+                        f"(--retry-seconds): giving up, {progress()}"
+                    )
+                delay = min(next(self.delays), left)
+                log(
+                    f"no broker connection ({lost}): connecting again in {delay:.1f} s, "
+                    f"{progress()}",
+                    file=sys.stderr,
+                )
+                self.sleep(delay)
+            finally:
+                if broker is not None:
+                    broker.close()
+
+
+def publish(args, environment, reconnects=None):
+    """Publish args.count jobs, in order, at least once: after a lost connection, every job
+    not yet confirmed is sent again, from the first unconfirmed one on; one whose confirm was
+    lost with the connection is queued twice."""
     queue = level_queue(environment, args.level)
-    broker = connect_any(environment)
+    allowance = job_allowance(environment)
+    if allowance is not None and args.seconds > allowance:
+        log(
+            f"warning: jobs of {args.seconds:g} s exceed the group's max_job_seconds "
+            f"({allowance:g} s): its workers will dead-letter them"
+        )
+    reconnects = reconnects or Reconnects(Endpoints(environment).connect, args.retry_seconds)
     ids = range(args.first_id, args.first_id + args.count)
-    broker.publish(queue, (json.dumps({"id": i, "seconds": args.seconds}) for i in ids))
-    broker.close()
+    confirmed = 0
+
+    def confirm(count):
+        nonlocal confirmed
+        confirmed += count
+        reconnects.went_through()
+
+    def send(broker):
+        bodies = (json.dumps({"id": i, "seconds": args.seconds}) for i in ids[confirmed:])
+        broker.publish(queue, bodies, confirm)
+
+    reconnects.run(send, lambda: f"{confirmed} of {args.count} confirmed")
     print(f"published {args.count} jobs of {args.seconds} s to {queue}")
 
 
-def move(args, environment):
-    """Move waiting jobs from one level's queue to another's.
+def move(args, environment, reconnects=None):
+    """Move waiting jobs from one level's queue to another's, or from the dead-letter queues.
 
     Each job is published to the target (confirmed by the broker) before it is acked on the
     source, so an interruption between the two leaves the job in both queues, never in none.
-    Jobs not chosen are left unacked and go back to the source when the command exits.
+    Jobs not chosen are left unacked and go back to the source when the command exits. After
+    a lost connection it subscribes again and goes on: a job whose ack was lost is back in the
+    source and moved again (it then waits twice in the target).
     """
-    source, target = level_queue(environment, args.source), level_queue(environment, args.target)
-    broker = connect_any(environment)
-    broker.subscribe([source], args.scan)
+    sources, target = move_queues(environment, args.source, args.target)
+    reconnects = reconnects or Reconnects(Endpoints(environment).connect, args.retry_seconds)
     moved, scanned = 0, 0
-    while moved < args.count and scanned < args.scan:
-        if not broker.waiting[source]:
-            broker.wait(2)
-            if not broker.waiting[source]:
-                break  # nothing more waiting
-            continue
-        delivery = broker.waiting[source].popleft()
-        scanned += 1
-        job = parse_job(delivery.body)
-        if args.id is not None and (job is None or str(job[0]) != args.id):
-            continue
-        broker.publish(target, [delivery.body])
-        broker.ack(delivery)
-        moved += 1
-    broker.close()
-    print(f"moved {moved} job(s) from {source} to {target} ({scanned} looked at)")
+
+    def move_some(broker):
+        nonlocal moved, scanned
+        broker.subscribe(sources, args.scan)
+        poller, looked = Poller(sources, []), 0  # --scan counts afresh on a new subscription
+        while moved < args.count and looked < args.scan:
+            delivery = poller.next(broker.waiting)
+            if delivery is None:
+                broker.wait(2)
+                if not any(broker.waiting[source] for source in sources):
+                    return  # nothing more waiting
+                continue
+            looked += 1
+            scanned += 1
+            job = parse_job(delivery.body)
+            if args.id is not None and (job is None or str(job[0]) != args.id):
+                continue
+            broker.publish(target, [delivery.body])
+            broker.ack(delivery)
+            moved += 1
+            reconnects.went_through()
+
+    reconnects.run(move_some, lambda: f"{moved} moved")
+    print(f"moved {moved} job(s) from {', '.join(sources)} to {target} ({scanned} looked at)")
     return 0 if moved else 1
 
 
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb")
-    pub = verbs.add_parser("publish", help="queue demo jobs")
+    retrying = argparse.ArgumentParser(add_help=False)
+    retrying.add_argument(
+        "--retry-seconds",
+        type=float,
+        default=300,
+        help="give up once the broker has been away this long in all (default 300)",
+    )
+    pub = verbs.add_parser("publish", help="queue demo jobs", parents=[retrying])
     pub.add_argument(
         "--group", required=True, help="take queue and broker from this group's settings"
     )
@@ -545,14 +728,29 @@ def main(argv):
     pub.add_argument("--count", type=int, required=True)
     pub.add_argument("--seconds", type=float, default=0.1)
     pub.add_argument("--first-id", type=int, default=1)
-    mov = verbs.add_parser("move", help="move waiting jobs to another priority level")
+    mov = verbs.add_parser(
+        "move",
+        help="move waiting jobs to another priority level, or requeue dead-lettered ones",
+        parents=[retrying],
+    )
     mov.add_argument("--group", required=True)
-    mov.add_argument("--from", dest="source", required=True, help="level the jobs wait in")
-    mov.add_argument("--to", dest="target", required=True, help="level to move them to")
+    mov.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        help=f"level the jobs wait in, or {DEAD}: the group's dead-letter queues",
+    )
+    mov.add_argument(
+        "--to",
+        dest="target",
+        help=f"level to move them to (with --from {DEAD}: the group's queue by default)",
+    )
     mov.add_argument("--id", help="move only the job with this id")
     mov.add_argument("--count", type=int, default=1, help="move at most this many (default 1)")
     mov.add_argument("--scan", type=int, default=1000, help="look at most at this many jobs")
     args = parser.parse_args(argv)
+    if args.verb == "move" and args.target is None and args.source != DEAD:
+        mov.error(f"--to is required, unless --from {DEAD}")
     if args.verb == "publish":
         publish(args, group_environment(args.group))
     elif args.verb == "move":
