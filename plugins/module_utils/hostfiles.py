@@ -112,17 +112,19 @@ def checks_settings(
 
 def broker_config(groups, broker: dict) -> dict:
     """How brokerfleet-check reaches this host's broker, and which queues it watches (each
-    consumed queue, its group, its priority level, its dead-letter queue and that queue's
-    length limit: queues.checked_queues). ``broker`` holds kind, user, password and what the
-    kind's ``check_access`` needs (plugins/module_utils/brokers.py); ``user`` and ``password``
-    are broker_user's and broker_password. On RabbitMQ the check logs in as its own user, made
-    from them (access.check_credentials); on ActiveMQ as broker_user. On RabbitMQ ``broker``
-    also holds ``queue_max_length`` and ``queue_type`` (rabbitmq_queue_max_length and
-    broker_queue_type; 0 and classic when left out), which decide the dead-letter queues'
-    limit. Root's only (0600): it holds the password.
+    consumed queue, its group, its priority level, its length limit, how long its backlog may
+    wait, its dead-letter queue and that queue's length limit: queues.checked_queues).
+    ``broker`` holds kind, user, password and what the kind's ``check_access`` needs
+    (plugins/module_utils/brokers.py); ``user`` and ``password`` are broker_user's and
+    broker_password. On RabbitMQ the check logs in as its own user, made from them
+    (access.check_credentials); on ActiveMQ as broker_user. On RabbitMQ ``broker`` also holds
+    ``queue_max_length``, ``queue_type`` and ``queue_policy_extra`` (rabbitmq_queue_max_length,
+    broker_queue_type and rabbitmq_queue_policy_extra; 0, classic and none when left out),
+    which decide the queues' length limits. Root's only (0600): it holds the password.
 
-    Queue entries written by an older bundle lack ``level`` and ``dead_max_length``: the check
-    reads them as no level and no known limit, so no format bump."""
+    Queue entries written by an older bundle lack ``level``, ``max_length``,
+    ``max_drain_seconds`` and ``dead_max_length``: the check reads them as no level and no
+    known limit, so no format bump."""
     kind = brokers.kind(broker["kind"])
     user, password = access.check_credentials(kind.name, broker)
     return {
@@ -136,6 +138,7 @@ def broker_config(groups, broker: dict) -> dict:
             kind.name,
             broker.get("queue_max_length", 0),
             broker.get("queue_type", "classic"),
+            broker.get("queue_policy_extra"),
         ),
     }
 

@@ -34,6 +34,12 @@ GROUP_DEFAULTS = {
     # The longest a job may run (the worker's allowance, the stop timeout, RabbitMQ's
     # consumer_timeout). None: derived from job_seconds (sizing.max_job_seconds says how, why).
     "max_job_seconds": None,
+    # brokerfleet-check's long-wait alert: the longest its queues' backlog may take to work
+    # off at the rate the workers take it (a WARNING above, CRITICAL above twice that). None:
+    # no alert. How long a backlog may wait is the group's own promise (minutes for
+    # thumbnails, hours for a nightly import): any default would be wrong for one of them,
+    # and an alert that is wrong every minute teaches an operator to ignore the check.
+    "max_drain_seconds": None,
     "importance": 3,
     "environment": {},
     "recycle_after": None,
@@ -108,6 +114,9 @@ DECIMAL_TEXT = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?|-?\.[
 # Longest job a group may declare: one day (job_seconds, max_job_seconds; the reference worker
 # takes no longer job either), and the longest autoscale horizon.
 MAX_JOB_SECONDS = 86400
+# Longest max_drain_seconds: a week. A backlog allowed to wait longer is not one for a check
+# that runs every minute, and a larger figure is more likely milliseconds than seconds.
+MAX_DRAIN_SECONDS = 7 * 86400
 
 
 @dataclass(frozen=True)
@@ -680,15 +689,14 @@ def _group_number_errors(group: dict) -> list[str]:
         errors.append(f"job_seconds must be a number > 0 and <= {MAX_JOB_SECONDS}, got {seconds!r}")
         seconds = None
     longest = group.get("max_job_seconds")
-    if longest is not None and (not is_number(longest) or not 0 < longest <= MAX_JOB_SECONDS):
-        errors.append(
-            f"max_job_seconds must be a number > 0 and <= {MAX_JOB_SECONDS} when set, "
-            f"got {longest!r}"
-        )
+    if error := _optional_seconds_error(group, "max_job_seconds", MAX_JOB_SECONDS):
+        errors.append(error)
     elif longest is not None and seconds is not None and longest < seconds:
         errors.append(
             f"max_job_seconds ({longest:g}) must be >= job_seconds ({seconds:g}), the typical job"
         )
+    if error := _optional_seconds_error(group, "max_drain_seconds", MAX_DRAIN_SECONDS):
+        errors.append(error)
     importance = group.get("importance", GROUP_DEFAULTS["importance"])
     if not is_integer(importance) or not 1 <= importance <= 5:
         errors.append(f"importance must be 1 (shed first) to 5 (never shed), got {importance!r}")
@@ -699,6 +707,14 @@ def _group_number_errors(group: dict) -> list[str]:
     if not is_integer(limit) or limit < 1:
         errors.append(f"delivery_limit must be an integer >= 1, got {limit!r}")
     return errors
+
+
+def _optional_seconds_error(group: dict, key: str, maximum: int) -> str | None:
+    """An error unless the group's ``key`` is unset or a number of seconds > 0, <= maximum."""
+    value = group.get(key)
+    if value is None or (is_number(value) and 0 < value <= maximum):
+        return None
+    return f"{key} must be a number > 0 and <= {maximum} when set, got {value!r}"
 
 
 def environment_errors(environment) -> list[str]:
@@ -784,10 +800,11 @@ def _queues_are_checkable(group, broker_kind: str) -> bool:
 
 # --- worker groups across worker hosts --------------------------------------------------------
 
-# What the broker makes of a group: its queues (the queue, or one per priority level) and its
-# own user. A group that runs on several worker hosts must agree on these everywhere; its other
-# keys (command, weight, min, max, user...) size and run the workers of each host on its own.
-BROKER_FACING_KEYS = ("queue", "priority_levels", "broker_user")
+# What the broker makes of a group: its queues (the queue, or one per priority level), its own
+# user, and how long the broker check lets its backlog wait. A group that runs on several
+# worker hosts must agree on these everywhere; its other keys (command, weight, min, max,
+# user...) size and run the workers of each host on its own.
+BROKER_FACING_KEYS = ("queue", "priority_levels", "broker_user", "max_drain_seconds")
 
 
 def union_groups(groups_by_host: dict, fallback=None) -> list:
@@ -817,9 +834,9 @@ def union_errors(groups_by_host: dict, broker_kind: str = "rabbitmq") -> list[st
     as for union_groups), each message naming the group and the hosts.
 
     A group name on two hosts is one group for the broker: its queue (default: its name),
-    priority_levels and broker_user must be the same on both. Two groups of different hosts
-    must not clash over a queue or a broker user any more than two groups of one host may
-    (group_errors); a clash within one host is left to that host's own check."""
+    priority_levels, broker_user and max_drain_seconds must be the same on both. Two groups of
+    different hosts must not clash over a queue or a broker user any more than two groups of
+    one host may (group_errors); a clash within one host is left to that host's own check."""
     # An unknown broker_kind is input_errors' to report; the queues are checked as RabbitMQ's.
     broker_kind = broker_kind if broker_kind in BROKER_KINDS else "rabbitmq"
     defined = {}  # group name -> [(host, group)], in inventory order
@@ -842,10 +859,10 @@ def union_errors(groups_by_host: dict, broker_kind: str = "rabbitmq") -> list[st
                         f"worker_groups: group {name!r} has {key} "
                         f"{_broker_facing(first, key)!r} on host {first_host} but "
                         f"{_broker_facing(group, key)!r} on host {host}; the broker declares a "
-                        "group's queues and broker user once for all worker hosts, so queue "
-                        "(default: the name), priority_levels and broker_user must be the same "
-                        "on every host that defines the group: make them equal, or rename one "
-                        "of the groups"
+                        "group's queues and broker user, and its check watches them, once for "
+                        "all worker hosts, so queue (default: the name), priority_levels, "
+                        "broker_user and max_drain_seconds must be the same on every host that "
+                        "defines the group: make them equal, or rename one of the groups"
                     )
     union = [definitions[0][1] for definitions in defined.values()]
     hosts = [{host for host, _ in definitions} for definitions in defined.values()]
@@ -892,7 +909,7 @@ def group_definitions(groups_by_host: dict, fallback=None) -> list:
 
 def _broker_facing(group: dict, key: str):
     """The value of a broker-facing ``key`` of ``group`` as the broker reads it: queue defaults
-    to the name; an empty priority_levels or broker_user is none."""
+    to the name; an empty priority_levels or broker_user, an unset max_drain_seconds, is none."""
     if key == "queue":
         return group.get("queue") or group.get("name")
     return group.get(key) or None

@@ -58,28 +58,50 @@ def consumed_queues(group) -> list[str]:
     return [f"{queue}.{level}" for level in PRIORITY_LEVELS if level in levels]
 
 
-def checked_queues(groups, broker_kind, max_length=0, queue_type="classic") -> list[dict]:
+def checked_queues(
+    groups, broker_kind, max_length=0, queue_type="classic", extra=None
+) -> list[dict]:
     """What brokerfleet-check watches on the broker: each consumed queue, its group (the
     first that consumes it), its priority ``level`` (None for a group without levels), its
-    dead-letter queue on ``broker_kind`` and that queue's length limit, ``dead_max_length``
-    (dead_letter_max_length(): None when it has none). ``max_length`` and ``queue_type`` are
-    rabbitmq_queue_max_length and broker_queue_type, as rabbitmq_queue_policies() gets them."""
+    length limit ``max_length`` (work_queue_max_length(): None when it has none), how long its
+    backlog may wait, ``max_drain_seconds`` (the smallest of the groups that consume it, so
+    each group's limit holds; None when none sets one), its dead-letter queue on
+    ``broker_kind`` and that queue's length limit, ``dead_max_length``
+    (dead_letter_max_length(): None when it has none). ``max_length``, ``queue_type`` and
+    ``extra`` are rabbitmq_queue_max_length, broker_queue_type and
+    rabbitmq_queue_policy_extra, as rabbitmq_queue_policies() gets them."""
     dead_max_length = dead_letter_max_length(max_length, queue_type, broker_kind)
+    work_max_length = None
+    if brokers.kind(broker_kind).name == "rabbitmq":
+        work_max_length = work_queue_max_length(max_length, extra)
     checked = {}
     for group in groups:
         levels = group.get("priority_levels")
         for queue in consumed_queues(group):
-            checked.setdefault(
+            entry = checked.setdefault(
                 queue,
                 {
                     "name": queue,
                     "group": group["name"],
                     "level": queue.rsplit(".", 1)[1] if levels else None,
+                    "max_length": work_max_length,
+                    "max_drain_seconds": None,
                     "dead": dead_letter_queue(queue, broker_kind),
                     "dead_max_length": dead_max_length,
                 },
             )
+            limits = [entry["max_drain_seconds"], group.get("max_drain_seconds")]
+            entry["max_drain_seconds"] = min((s for s in limits if s is not None), default=None)
     return list(checked.values())
+
+
+def work_queue_max_length(max_length=0, extra=None):
+    """The max-length of a RabbitMQ work queue's policy (rabbitmq_queue_policies()):
+    ``max_length`` (rabbitmq_queue_max_length) unless ``extra`` (rabbitmq_queue_policy_extra)
+    sets its own, which wins; None for no limit. ActiveMQ's queues have none (its store limit
+    bounds them)."""
+    limit = (extra or {}).get("max-length", max_length)
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
 
 
 def dead_letter_queue(queue: str, broker_kind: str) -> str:
@@ -200,7 +222,8 @@ def rabbitmq_queue_policies(groups, max_length=0, extra=None, queue_type="classi
 
     A work queue dead-letters rejected and expired messages through the default exchange to
     ``<queue>.dead``. It is bounded by ``max_length`` with overflow ``reject-publish``, so
-    producers are told when the broker will not take more rather than messages being dropped.
+    producers are told when the broker will not take more rather than messages being dropped
+    (work_queue_max_length() tells brokerfleet-check the limit, which warns before it).
     ``<queue>.dead`` is bounded only where that loses nothing, on quorum queues
     (dead_letter_max_length() says why): a classic ``.dead`` queue gets no policy at all, and a
     ``brokerfleet-<queue>.dead`` policy left by an earlier version is removed

@@ -216,6 +216,11 @@ CASES = [
         "max_job_seconds_below_job_seconds",
     ),
     (
+        {"worker_groups": [group(max_drain_seconds=0)]},
+        [where(), "max_drain_seconds must be a number > 0 and <= 604800 when set, got 0"],
+        "max_drain_seconds_0",
+    ),
+    (
         {"worker_groups": [group(recycle_after=-1)]},
         [where(), "recycle_after must be an integer >= 1"],
         "recycle_negative",

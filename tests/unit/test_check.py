@@ -368,6 +368,175 @@ def test_the_json_and_metrics_show_every_dead_letter_queue():
     ]
 
 
+# --- long waits and full queues ---------------------------------------------------------------
+
+# As broker.json lists a queue whose group sets max_drain_seconds (10 minutes); one on a broker
+# whose work queues are bounded at 1000 jobs; one with both.
+WAITING = [{**QUEUES[0], "max_drain_seconds": 600}]
+BOUNDED = [{**QUEUES[0], "max_length": 1000}]
+LIMITED = [{**QUEUES[0], "max_length": 1000, "max_drain_seconds": 600}]
+# What the messages of the long-wait alert end with.
+LOOK = "`brokerfleet-check status` on the worker hosts of group imports"
+MORE_WORKERS = (
+    ": add workers to group imports (its weight or max, or fleet_cpus), or see whether the "
+    f"load guard shed them ({LOOK})"
+)
+
+
+def waits(now, done, queues=WAITING, paused=None, **seen):
+    """What broker_problems says of the imports queue seen as ``seen`` (queue()'s keys) ``now``
+    seconds after a sample at 0, ``done`` jobs acknowledged in between."""
+    before = sample(0.0, imports=queue())
+    after = sample(now, imports=queue(acked=done, **seen))
+    return check.broker_problems(after, queues, paused, before, before)
+
+
+def test_the_wait_is_the_backlog_at_the_out_rate_at_best_one_job_an_interval():
+    assert check.wait_seconds(0, None, None) == 0
+    assert check.wait_seconds(600, (1.0, 3.0), 60) == 200  # what comes in waits behind
+    assert check.wait_seconds(600, None, 60) is None
+    # Nothing done in a minute: one job, at best, right after it.
+    assert check.wait_seconds(6, (0.0, 0.0), 60) == 360
+
+
+def test_a_backlog_that_outlasts_max_drain_seconds_is_a_warning_twice_as_long_critical():
+    # 1004 jobs at 1 a second: 16 m 44 s, over the 10 minutes.
+    assert waits(60.0, 60, ready=1000, unacked=4) == [
+        (
+            check.WARNING,
+            "queue imports: 1004 jobs would take 17m to work off at the rate its workers take "
+            "them, over max_drain_seconds 10m" + MORE_WORKERS,
+        )
+    ]
+    # At half a job a second, 33 minutes: over twice the limit.
+    [(code, message)] = waits(120.0, 60, ready=1000, unacked=4)
+    assert code == check.CRITICAL
+    assert "1004 jobs would take 33m to work off" in message
+    assert "over twice max_drain_seconds 10m: add workers to group imports" in message
+    # Within the limit; exactly at it; and no limit at all (QUEUES: max_drain_seconds unset).
+    assert waits(60.0, 600, ready=1000, unacked=4) == []
+    assert waits(60.0, 100, ready=1000) == []
+    assert waits(60.0, 1, ready=10**6, queues=QUEUES[:1]) == []
+
+
+def test_a_wait_is_judged_only_with_rates_and_only_while_jobs_wait():
+    now = sample(60.0, imports=queue(ready=10**6, acked=1))
+    assert check.broker_problems(now, WAITING, None, now, None) == []
+    # Jobs in progress, none waiting: long jobs are max_job_seconds' business.
+    assert waits(60.0, 0, ready=0, unacked=50) == []
+
+
+def test_jobs_waiting_that_nothing_drains_are_critical():
+    assert waits(60.0, 0, ready=5) == [
+        (
+            check.CRITICAL,
+            "queue imports: 5 jobs waiting, none done since the previous run and none in "
+            f"progress: nothing drains it (max_drain_seconds 10m); check its workers with {LOOK}",
+        )
+    ]
+
+
+def test_long_jobs_in_progress_are_a_lower_bound_not_a_stuck_queue():
+    # No job done in the minute, two in progress: at best one a minute.
+    assert waits(60.0, 0, ready=3, unacked=2) == []  # 5 minutes at least: within 10
+    [(code, message)] = waits(60.0, 0, ready=20, unacked=2)
+    assert code == check.CRITICAL
+    assert message.startswith("queue imports: 22 jobs would take at least 22m to work off")
+
+
+def test_no_consumer_and_a_paused_group_are_said_once_not_again_as_a_long_wait():
+    [(code, message)] = waits(60.0, 0, ready=500, consumers=0)
+    assert code == check.CRITICAL and message.endswith(
+        "and no consumer (workers of group imports down or shed)"
+    )
+    [(code, message)] = waits(60.0, 0, ready=500, consumers=0, paused={"imports": PAUSE})
+    assert code == check.OK and "as expected: group imports paused since" in message
+
+
+def test_a_queue_near_its_max_length_is_a_warning_then_critical():
+    def full(**seen):
+        return check.broker_problems(sample(imports=queue(**seen)), BOUNDED)
+
+    assert full(ready=799, unacked=900) == []  # only ready jobs count against a max-length
+    assert full(ready=800) == [
+        (
+            check.WARNING,
+            "queue imports: 800 jobs ready, 80% of its max-length 1000, filling up: once full, "
+            "the broker refuses new jobs (overflow reject-publish); add workers to group "
+            "imports (its weight or max, or fleet_cpus) or slow down the producers",
+        )
+    ]
+    [(code, message)] = full(ready=1000)
+    assert code == check.CRITICAL
+    assert message.startswith(
+        "queue imports: 1000 jobs ready, 100% of its max-length 1000, nearly full"
+    )
+    # Paused, or without consumers, a queue about to refuse jobs is still CRITICAL.
+    found = check.broker_problems(
+        sample(imports=queue(ready=950, consumers=0)), LIMITED, {"imports": PAUSE}
+    )
+    assert [code for code, _ in found] == [check.OK, check.CRITICAL]
+    # No limit (ActiveMQ, rabbitmq_queue_max_length 0, an older broker.json): never full.
+    assert check.broker_problems(sample(imports=queue(ready=10**7)), QUEUES[:1]) == []
+
+
+def test_a_step_up_is_news_a_growing_figure_is_not():
+    def signature(now, done, **seen):
+        return check.problem_signature([m for _, m in waits(now, done, **seen)])
+
+    warning = signature(60.0, 60, ready=1000, unacked=4)
+    assert warning == signature(60.0, 60, ready=1020, unacked=4)
+    assert warning != signature(120.0, 60, ready=1000, unacked=4)
+
+    def full(ready):
+        return check.problem_signature(
+            [m for _, m in check.broker_problems(sample(imports=queue(ready=ready)), BOUNDED)]
+        )
+
+    assert full(800) == full(850) != full(900)
+
+
+def test_the_json_and_metrics_show_each_queue_s_limits_and_alerts():
+    report = check.Report("broker")
+    config = {"kind": "rabbitmq", "queues": LIMITED + QUEUES[1:]}
+    before = sample(0.0, imports=queue(), **{"reports.high": queue()})
+    now = sample(60.0, imports=queue(ready=950, unacked=10, acked=60), **{"reports.high": queue()})
+    check.describe_broker(report, config, now, before)
+    assert report.code == check.CRITICAL
+    data = json.loads(json.dumps(report.data))["broker"]["queues"]
+    imports = {key: data["imports"][key] for key in ALERT_KEYS}
+    assert imports == {
+        "wait_seconds": 960.0,
+        "max_drain_seconds": 600,
+        "long_wait": "WARNING",
+        "max_length": 1000,
+        "near_max_length": "CRITICAL",
+    }
+    assert {key: data["reports.high"][key] for key in ALERT_KEYS} == {
+        "wait_seconds": 0,
+        "max_drain_seconds": None,
+        "long_wait": None,
+        "max_length": None,
+        "near_max_length": None,
+    }
+    metrics = report.prometheus().splitlines()
+    for line in (
+        'brokerfleet_queue_wait_seconds{queue="imports"} 960.0',
+        'brokerfleet_queue_max_drain_seconds{queue="imports"} 600',
+        'brokerfleet_queue_max_length{queue="imports"} 1000',
+        'brokerfleet_queue_long_wait_status{queue="imports"} 1',
+        'brokerfleet_queue_near_max_length_status{queue="imports"} 2',
+        'brokerfleet_queue_wait_seconds{queue="reports.high"} 0',
+    ):
+        assert line in metrics
+    # No limit, no limit sample and no alert state.
+    assert not [m for m in metrics if "max" in m and 'queue="reports.high"' in m]
+    assert not [m for m in metrics if "_status{" in m and 'queue="reports.high"' in m]
+
+
+ALERT_KEYS = ("wait_seconds", "max_drain_seconds", "long_wait", "max_length", "near_max_length")
+
+
 def test_the_broker_check_compares_with_the_previous_run_however_old(state_dir, monkeypatch):
     directory, _ = state_dir
     monkeypatch.setattr(check, "BROKER_SAMPLE", str(directory / "broker-sample.json"))

@@ -175,8 +175,9 @@ def test_the_checker_reaches_rabbitmq_as_the_role_told_it(tmp_path, monkeypatch)
         # As roles/rabbitmq/tasks/check_config.yml passes them: the dead-letter queues' limit.
         "queue_max_length": 1000,
         "queue_type": "quorum",
+        "queue_policy_extra": {"max-length": 500},
     }
-    config = hostfiles.broker_config([group("jobs")], broker)
+    config = hostfiles.broker_config([group("jobs", max_drain_seconds=600)], broker)
     monkeypatch.setattr(check, "BROKER_CONFIG", write(tmp_path, "broker.json", config))
     try:
         read, sample = check.read_broker(check.Report("broker"))
@@ -188,11 +189,13 @@ def test_the_checker_reaches_rabbitmq_as_the_role_told_it(tmp_path, monkeypatch)
             "name": "jobs",
             "group": "jobs",
             "level": None,
+            "max_length": 500,
+            "max_drain_seconds": 600,
             "dead": "jobs.dead",
             "dead_max_length": 1000,
         }
     ]
-    assert "queue_max_length" not in read and "queue_type" not in read
+    assert not {"queue_max_length", "queue_type", "queue_policy_extra"} & set(read)
     assert sample["queues"] == {}
     # The check's own user (tagged monitoring, access.rabbitmq_users), never the shared one.
     user, password = "app user-check", access.check_password(AWKWARD["password"], "app user")

@@ -42,6 +42,7 @@ def test_valid_groups_have_no_errors():
             weight=0.5,
             job_seconds=86400,
             max_job_seconds=86400,
+            max_drain_seconds=604800,
             importance=5,
             recycle_after=1,
             delivery_limit=1,
@@ -89,6 +90,16 @@ def test_valid_groups_have_no_errors():
         ([group("a", max_job_seconds=86401)], "max_job_seconds must be a number > 0 and <= 86400"),
         ([group("a", max_job_seconds="600")], "max_job_seconds must be a number > 0 and <= 86400"),
         ([group("a", max_job_seconds=True)], "max_job_seconds must be a number > 0 and <= 86400"),
+        ([group("a", max_drain_seconds=0)], "max_drain_seconds must be a number > 0 and <= 604800"),
+        ([group("a", max_drain_seconds=-60)], "max_drain_seconds must be a number > 0"),
+        ([group("a", max_drain_seconds=math.inf)], "max_drain_seconds must be a number > 0"),
+        ([group("a", max_drain_seconds=604801)], "max_drain_seconds must be a number > 0 and <="),
+        (
+            [group("a", max_drain_seconds="3600")],
+            "worker_groups[0] (name 'a'): max_drain_seconds must be a number > 0 and <= 604800 "
+            "when set, got '3600'",
+        ),
+        ([group("a", max_drain_seconds=True)], "max_drain_seconds must be a number > 0 and <="),
         # The default job_seconds is 5.
         ([group("a", max_job_seconds=3)], "max_job_seconds (3) must be >= job_seconds (5)"),
         (
@@ -649,6 +660,12 @@ def test_the_queue_type_is_classic_or_quorum():
 def test_any_max_job_seconds_between_job_seconds_and_a_day_is_taken(seconds, share):
     longest = seconds + share * (86400 - seconds)
     assert inputs.group_errors([group("a", job_seconds=seconds, max_job_seconds=longest)]) == []
+
+
+@given(st.floats(min_value=0, max_value=7 * 86400, exclude_min=True) | st.integers(1, 7 * 86400))
+def test_any_max_drain_seconds_up_to_a_week_is_taken(seconds):
+    assert inputs.group_errors([group("a", max_drain_seconds=seconds)]) == []
+    assert inputs.group_errors([group("a", max_drain_seconds=None)]) == []
 
 
 def test_a_bad_job_seconds_is_reported_once_not_again_by_max_job_seconds():

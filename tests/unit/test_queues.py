@@ -431,26 +431,53 @@ def test_missing_queues_either_lists_the_absent_ones_or_names_every_mismatch(hav
 def test_checked_queues_name_each_queue_its_group_and_dead_letter_queue():
     groups = [
         {"name": "imports", "queue": "wallabag.import"},
-        {"name": "reports", "priority_levels": {"high": 2, "low": 1}},
-        {"name": "more-imports", "queue": "wallabag.import"},
+        {"name": "reports", "priority_levels": {"high": 2, "low": 1}, "max_drain_seconds": 60},
+        {"name": "more-imports", "queue": "wallabag.import", "max_drain_seconds": 900},
     ]
 
-    def entry(name, group, level, dead, limit=None):
+    def entry(name, group, level, dead, drain=None):
         return {
             "name": name,
             "group": group,
             "level": level,
+            "max_length": None,
+            "max_drain_seconds": drain,
             "dead": dead,
-            "dead_max_length": limit,
+            "dead_max_length": None,
         }
 
+    # A queue's long-wait limit is the smallest of the groups that drain it: each one's holds.
     assert queues.checked_queues(groups, "rabbitmq") == [
-        entry("wallabag.import", "imports", None, "wallabag.import.dead"),
-        entry("reports.high", "reports", "high", "reports.high.dead"),
-        entry("reports.low", "reports", "low", "reports.low.dead"),
+        entry("wallabag.import", "imports", None, "wallabag.import.dead", 900),
+        entry("reports.high", "reports", "high", "reports.high.dead", 60),
+        entry("reports.low", "reports", "low", "reports.low.dead", 60),
     ]
+    groups[0]["max_drain_seconds"] = 1800.5
+    assert queues.checked_queues(groups, "rabbitmq")[0]["max_drain_seconds"] == 900
+    groups[0]["max_drain_seconds"] = 300.5
+    assert queues.checked_queues(groups, "rabbitmq")[0]["max_drain_seconds"] == 300.5
     dead = [q["dead"] for q in queues.checked_queues(groups, "activemq")]
     assert dead[0] == "ActiveMQ.DLQ.Queue.wallabag.import"
+
+
+@pytest.mark.parametrize(
+    "extra", [None, {}, {"message-ttl": 60000}, {"max-length": 500}, {"max-length": 0}]
+)
+def test_the_check_is_told_the_work_queue_limit_the_policies_set(extra):
+    groups = [group("a"), group("b", priority_levels={"high": 1})]
+    for queue_type in queues.QUEUE_TYPES:
+        for max_length in (0, 10):
+            policies = queues.rabbitmq_queue_policies(groups, max_length, extra, queue_type)
+            set_by_policy = {
+                p["name"].removeprefix("brokerfleet-"): p["definition"].get("max-length") or None
+                for p in policies
+                if not p["name"].endswith(".dead")
+            }
+            checked = queues.checked_queues(groups, "rabbitmq", max_length, queue_type, extra)
+            assert {q["name"]: q["max_length"] for q in checked} == set_by_policy
+    # ActiveMQ's queues have no length limit (its store limit bounds them).
+    checked = queues.checked_queues(groups, "activemq", 10, "classic", extra)
+    assert {q["max_length"] for q in checked} == {None}
 
 
 def test_the_check_is_told_the_dead_letter_limit_the_policies_set():

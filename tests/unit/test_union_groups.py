@@ -96,6 +96,9 @@ def test_the_fallback_serves_when_no_worker_host_sets_worker_groups():
         ),
         ({"broker_user": "imp"}, {}, "broker_user", "broker_user 'imp' on host w1 but None"),
         ({"broker_user": "imp"}, {"broker_user": "imp2"}, "broker_user", "but 'imp2' on host w2"),
+        # The broker check has one long-wait limit per queue.
+        ({"max_drain_seconds": 600}, {}, "max_drain_seconds", "600 on host w1 but None on host"),
+        ({"max_drain_seconds": 600}, {"max_drain_seconds": 900}, "max_drain_seconds", "but 900"),
     ],
 )
 def test_a_broker_facing_key_that_differs_between_hosts_is_refused(first, later, key, shown):

@@ -29,9 +29,14 @@ host: memory, store and temp usage against their limits, and the same per queue.
 queue with jobs waiting and no consumer is CRITICAL. Failed jobs in a dead-letter queue are a
 WARNING, CRITICAL while there are more than at the previous run (the last sample, in
 /var/lib/brokerfleet-check/broker-sample.json) or when it is within 10% of its length limit
-(broker.json): it is about to refuse failed jobs. A node down is a WARNING while a majority
-of the nodes runs, else CRITICAL; a partition is CRITICAL; a quorum queue below a majority of
-its replicas online is CRITICAL, one missing a replica a WARNING.
+(broker.json): it is about to refuse failed jobs. A worker queue whose ready jobs reach 80% of
+its max-length (broker.json) is a WARNING, 90% CRITICAL: it is about to refuse new jobs. One
+whose backlog (ready and unacked) would take longer to work off at the rate its workers take
+jobs than its group's max_drain_seconds (broker.json; unset: no alert) is a WARNING, twice as
+long CRITICAL, and so are jobs waiting with none done and none in progress since the previous
+sample (a group paused, or without consumers, is said otherwise). A node down is a WARNING
+while a majority of the nodes runs, else CRITICAL; a partition is CRITICAL; a quorum queue
+below a majority of its replicas online is CRITICAL, one missing a replica a WARNING.
 
 pause: records the group as paused (when, why) in /var/lib/brokerfleet-check/paused.json, then
 stops its workers gracefully (SIGTERM: each finishes its job within stopwaitsecs) and waits
@@ -120,15 +125,21 @@ LOG_FILE = "/var/log/brokerfleet/check.log"
 SUPERVISOR_URL = "unix:///var/run/supervisor.sock"
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATUS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
+CODES = {text: code for code, text in STATUS.items()}
 # supervisord states in which a worker is not coming back by itself.
 DOWN = {"STOPPED", "EXITED", "FATAL", "UNKNOWN"}
 # States in which supervisord stops a process when asked (STOPPING is already on its way).
 STOPPABLE = {"RUNNING", "STARTING", "BACKOFF"}
 # ActiveMQ usage (percent of a limit) worth a warning; at 100 producers are refused.
 USAGE_WARNING = 80
-# A dead-letter queue this full (ready jobs, percent of its max-length) is CRITICAL: once
-# full, it refuses further failed jobs.
-DEAD_FULL_PERCENT = 90
+# A queue this full (ready jobs, percent of its max-length) is CRITICAL: once full, a work
+# queue refuses new jobs and a dead-letter queue failed ones (overflow reject-publish).
+FULL_PERCENT = 90
+# A work queue this full is a WARNING: still room, but its backlog is growing toward the limit.
+FILLING_PERCENT = 80
+# A backlog that takes longer to work off than its group's max_drain_seconds is a WARNING,
+# CRITICAL from this many times longer: twice the promise is no longer a slow hour.
+LONG_WAIT_CRITICAL = 2
 # A broker sample older than this is no base for rates: status takes a second one.
 SAMPLE_MAX_AGE = 900
 
@@ -279,13 +290,17 @@ def group_backlog(groups, sample, now, max_age=300):
 # --- broker and status (pure: unit-tested in tests/unit/test_check.py) ---------------------
 
 
-def broker_problems(sample, queues, paused=None, last=None):
+def broker_problems(sample, queues, paused=None, last=None, previous=None):
     """[(code, message)] for a broker ``sample`` and the worker ``queues`` it must serve:
     [{"name", "group", "dead", ...}], ``dead`` being the queue's dead-letter queue (broker.json,
     queues.checked_queues). The jobs waiting for a group in ``paused`` ({group: pause}) are
     expected: an OK note, not a problem. ``last`` is the previous run's sample, None when there
-    is none: failed jobs are judged against it (dead_letter_problem())."""
+    is none: failed jobs are judged against it (dead_letter_problem()). ``previous`` is a
+    recent sample (None: none): rates come from it, and how long a backlog waits
+    (long_wait_problem())."""
     paused = paused or {}
+    rates = queue_rates(previous, sample) if previous else {}
+    interval = sample["time"] - previous["time"] if previous else None
     problems = list(sample["alarms"])
     problems += node_problems(sample.get("nodes"), problems)
     for queue in queues:
@@ -308,6 +323,11 @@ def broker_problems(sample, queues, paused=None, last=None):
                     f"(workers of group {queue['group']} down or shed)",
                 )
             )
+        else:
+            wait = long_wait(queue, seen, rates.get(queue["name"]), interval)
+            problems += long_wait_problem(queue, wait)
+        if seen is not None:
+            problems += max_length_problem(queue, fill(queue, seen))
         problems += replica_problems(queue["name"], seen)
         problems += replica_problems(queue["dead"], sample["queues"].get(queue["dead"]))
         problems += dead_letter_problem(queue, dead_letters(sample, queue, last))
@@ -318,7 +338,7 @@ def dead_letters(sample, queue, last=None):
     """What the dead-letter queue of a worker ``queue`` (a broker.json entry) holds in
     ``sample``: {"queue" (the worker queue), "group", "jobs" (failed jobs: ready and unacked),
     "max_length" (its limit, None when it has none or broker.json does not say), "full"
-    (ready jobs at DEAD_FULL_PERCENT of it or more: RabbitMQ counts only ready messages
+    (ready jobs at FULL_PERCENT of it or more: RabbitMQ counts only ready messages
     against a max-length), "previous" (its jobs in ``last``, the previous run's sample; None
     without one) and "growing" (more jobs than then)}. A dead-letter queue a sample does not
     list holds nothing: ActiveMQ creates one at its first dead letter."""
@@ -334,7 +354,7 @@ def dead_letters(sample, queue, last=None):
         "group": queue["group"],
         "jobs": jobs,
         "max_length": limit,
-        "full": bool(limit) and dead.get("ready", 0) * 100 >= limit * DEAD_FULL_PERCENT,
+        "full": bool(limit) and dead.get("ready", 0) * 100 >= limit * FULL_PERCENT,
         "previous": previous,
         "growing": previous is not None and jobs > previous,
     }
@@ -343,7 +363,7 @@ def dead_letters(sample, queue, last=None):
 def dead_letter_problem(queue, dead):
     """[(code, message)] for the failed jobs of a worker ``queue``'s dead-letter queue, as
     dead_letters() found it ([] while it is empty). CRITICAL when it is full (at
-    DEAD_FULL_PERCENT of its limit: it is about to refuse further failed jobs) or growing
+    FULL_PERCENT of its limit: it is about to refuse further failed jobs) or growing
     (more failed jobs than at the previous run: jobs are failing now); a WARNING while it holds
     the same failed jobs, until someone moves or purges them. Each says how to requeue them,
     with brokerfleet-worker on a worker host of the group."""
@@ -367,6 +387,113 @@ def dead_letter_problem(queue, dead):
     to = f" --to {queue['level']}" if queue.get("level") else ""
     requeue = f"brokerfleet-worker move --group {queue['group']} --from dead{to}"
     return [(code, f"queue {queue['dead']}: {said}; requeue them with `{requeue}`")]
+
+
+def long_wait(queue, seen, rates, interval):
+    """How long the backlog of a worker ``queue`` (a broker.json entry) waits, as a sample
+    ``seen`` it (None: missing), with its ``rates`` measured over ``interval`` seconds:
+    {"ready", "jobs" (ready and in progress), "wait_seconds" (wait_seconds() of the jobs;
+    None without rates), "at_least" (no job done in the interval: the wait is a lower bound),
+    "max_drain_seconds" (the limit; None: no alert), "draining" (False while jobs wait and
+    none was done nor is in progress), "code" (OK while no job waits or the wait is within the
+    limit, WARNING above it, CRITICAL above LONG_WAIT_CRITICAL times it or when nothing drains
+    the queue; None without a limit or without rates)}."""
+    seen = seen or {}
+    ready, unacked = seen.get("ready", 0), seen.get("unacked", 0)
+    limit = queue.get("max_drain_seconds")
+    seconds = wait_seconds(ready + unacked, rates, interval)
+    idle = bool(ready and rates is not None and not rates[1])
+    draining = not (idle and not unacked)
+    code = None
+    if limit and not ready:
+        code = OK
+    elif limit and seconds is not None:
+        if not draining or seconds > LONG_WAIT_CRITICAL * limit:
+            code = CRITICAL
+        else:
+            code = WARNING if seconds > limit else OK
+    return {
+        "ready": ready,
+        "jobs": ready + unacked,
+        "wait_seconds": seconds,
+        "at_least": idle,
+        "max_drain_seconds": limit,
+        "draining": draining,
+        "code": code,
+    }
+
+
+def wait_seconds(backlog, rates, interval):
+    """Seconds the workers take to work off ``backlog`` (jobs ready and in progress) at the
+    out-rate of ``rates`` measured over ``interval`` seconds: about how long a job published
+    now waits. 0 when it is empty, None when the rates are unknown. When no job was done in
+    the interval, one is counted, at best, right after it: the figure is then a lower bound,
+    so a group of long jobs with a short backlog is not taken for a stuck one."""
+    if not backlog:
+        return 0
+    if rates is None or not interval:
+        return None
+    return backlog / max(rates[1], 1 / interval)
+
+
+def long_wait_problem(queue, wait):
+    """[(code, message)] for a worker ``queue`` whose backlog waits too long, as long_wait()
+    found it ([] within its group's max_drain_seconds, or without one). Each names the limit
+    and says what to do: more workers for the group, or a look at its workers and the load
+    guard."""
+    if wait["code"] in (None, OK):
+        return []
+    limit = f"max_drain_seconds {duration(wait['max_drain_seconds'])}"
+    look = f"`brokerfleet-check status` on the worker hosts of group {queue['group']}"
+    if not wait["draining"]:
+        said = (
+            f"{wait['ready']} jobs waiting, none done since the previous run and none in "
+            f"progress: nothing drains it ({limit}); check its workers with {look}"
+        )
+    else:
+        take = "take at least" if wait["at_least"] else "take"
+        # Worded apart from the WARNING, so that --quiet tells of the step up.
+        over = "over twice" if wait["code"] == CRITICAL else "over"
+        said = (
+            f"{wait['jobs']} jobs would {take} {duration(wait['wait_seconds'])} to work off at "
+            f"the rate its workers take them, {over} {limit}: add workers to group "
+            f"{queue['group']} (its weight or max, or fleet_cpus), or see whether the load guard "
+            f"shed them ({look})"
+        )
+    return [(wait["code"], f"queue {queue['name']}: {said}")]
+
+
+def fill(queue, seen):
+    """How full a worker ``queue`` (a broker.json entry) is, as a sample ``seen`` it:
+    {"ready", "max_length" (its limit; None: none, or broker.json does not say), "percent" (of
+    it, ready jobs: RabbitMQ counts only those against a max-length; None without a limit),
+    "code" (None without a limit; OK, WARNING from FILLING_PERCENT, CRITICAL from
+    FULL_PERCENT)}."""
+    ready, limit = seen.get("ready", 0), queue.get("max_length")
+    percent = ready * 100 / limit if limit else None
+    code = None
+    if percent is not None:
+        code = (
+            CRITICAL if percent >= FULL_PERCENT else WARNING if percent >= FILLING_PERCENT else OK
+        )
+    return {"ready": ready, "max_length": limit, "percent": percent, "code": code}
+
+
+def max_length_problem(queue, filled):
+    """[(code, message)] for a worker ``queue`` near its max-length, as fill() found it."""
+    if filled["code"] in (None, OK):
+        return []
+    # Worded apart from the WARNING, so that --quiet tells of the step up.
+    state = "nearly full" if filled["code"] == CRITICAL else "filling up"
+    return [
+        (
+            filled["code"],
+            f"queue {queue['name']}: {filled['ready']} jobs ready, {int(filled['percent'])}% of "
+            f"its max-length {filled['max_length']}, {state}: once full, the broker refuses new "
+            f"jobs (overflow reject-publish); add workers to group {queue['group']} (its weight "
+            "or max, or fleet_cpus) or slow down the producers",
+        )
+    ]
 
 
 def pause_text(group, pause):
@@ -1123,12 +1250,13 @@ def describe_broker(report, config, sample, previous, last=None):
     ``previous`` (a recent sample, or None), failed jobs are compared with ``last`` (the
     previous run's sample, whatever its age; ``previous`` when not given)."""
     last = previous if last is None else last
-    for code, message in broker_problems(sample, config["queues"], read_held(), last):
+    for code, message in broker_problems(sample, config["queues"], read_held(), last, previous):
         if code == OK:
             report.note(message)
         else:
             report.problem(code, message)
     rates = queue_rates(previous, sample) if previous else {}
+    interval = sample["time"] - previous["time"] if previous else None
     report.data["broker"] = {
         "kind": config["kind"],
         "usage": sample["usage"],
@@ -1139,17 +1267,29 @@ def describe_broker(report, config, sample, previous, last=None):
     # Dead-letter queues only while they hold failed jobs.
     found = sample["queues"]
     dead = [q["dead"] for q in config["queues"] if found.get(q["dead"], {}).get("ready")]
-    for name in [q["name"] for q in config["queues"]] + dead:
+    watched = {q["name"]: q for q in config["queues"]}
+    for name in list(watched) + dead:
         queue = found.get(name)
         if queue is None:
             continue
         rate = rates.get(name)
         backlog = queue["ready"] + queue["unacked"]
+        # A dead-letter queue has neither limit: its alerts are dead_letter_problem()'s.
+        wait = long_wait(watched.get(name, {}), queue, rate, interval)
+        filled = fill(watched.get(name, {}), queue)
         report.data["broker"]["queues"][name] = {
             **{key: queue[key] for key in ("ready", "unacked", "consumers")},
             "in_per_second": None if rate is None else round(rate[0], 2),
             "out_per_second": None if rate is None else round(rate[1], 2),
             "drain_seconds": drain_seconds(backlog, rate),
+            # The long-wait alert (long_wait()): the backlog at the out-rate, the group's
+            # limit, and the alert's state (OK, WARNING, CRITICAL; None: no limit or no rates).
+            "wait_seconds": wait["wait_seconds"],
+            "max_drain_seconds": wait["max_drain_seconds"],
+            "long_wait": STATUS.get(wait["code"]),
+            # The near-max-length alert (fill()), its state as the long wait's.
+            "max_length": filled["max_length"],
+            "near_max_length": STATUS.get(filled["code"]),
             # A quorum queue's replicas (nodes), those online and its leader; else None.
             **{key: queue.get(key) for key in ("members", "online", "leader")},
         }
@@ -1423,6 +1563,7 @@ class Report:
         for name, queue in broker.get("queues", {}).items():
             for key in ("ready", "unacked", "consumers"):
                 lines.append(f"brokerfleet_queue_{key}{{queue={label(name)}}} {queue[key]}")
+            lines += alert_metrics(name, queue)
         for name, dead in broker.get("dead_letters", {}).items():
             queue = label(name)
             lines.append(f"brokerfleet_dead_letter_jobs{{queue={queue}}} {dead['jobs']}")
@@ -1432,6 +1573,20 @@ class Report:
                     f"brokerfleet_dead_letter_max_length{{queue={queue}}} {dead['max_length']}"
                 )
         return "\n".join(lines) + "\n"
+
+
+def alert_metrics(name, queue):
+    """A worker queue's long-wait and near-max-length figures, each only when known, and each
+    alert's state as a Nagios code (0 OK, 1 WARNING, 2 CRITICAL) while it has a limit."""
+    lines = []
+    for key in ("wait_seconds", "max_drain_seconds", "max_length"):
+        if queue.get(key) is not None:
+            lines.append(f"brokerfleet_queue_{key}{{queue={label(name)}}} {queue[key]}")
+    for alert in ("long_wait", "near_max_length"):
+        code = CODES.get(queue.get(alert))
+        if code is not None:
+            lines.append(f"brokerfleet_queue_{alert}_status{{queue={label(name)}}} {code}")
+    return lines
 
 
 def cluster_lines(broker):
