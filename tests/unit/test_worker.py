@@ -25,12 +25,13 @@ from brokerfleet import queues
 @pytest.mark.parametrize(
     ("body", "job"),
     [
-        (b'{"id": 7, "seconds": 0.5}', (7, 0.5)),
-        ('{"id": "a", "seconds": "2"}', ("a", 2.0)),
-        (b'{"id": 1, "seconds": 0}', (1, 0.0)),
+        (b'{"id": 7, "seconds": 0.5}', (7, 0.5, 0.0)),
+        ('{"id": "a", "seconds": "2"}', ("a", 2.0, 0.0)),
+        (b'{"id": 1, "seconds": 0}', (1, 0.0, 0.0)),
+        (b'{"id": 2, "seconds": 0.3, "cpu_seconds": 0.1}', (2, 0.3, 0.1)),
     ],
 )
-def test_a_job_is_an_id_and_seconds(body, job):
+def test_a_job_is_an_id_seconds_and_cpu_seconds(body, job):
     assert worker.parse_job(body) == job
 
 
@@ -45,6 +46,8 @@ def test_a_job_is_an_id_and_seconds(body, job):
         b'{"id": 1, "seconds": 86401}',
         b'{"id": 1, "seconds": "NaN"}',
         b'{"id": 1, "seconds": null}',
+        b'{"id": 1, "seconds": 0.1, "cpu_seconds": 0.2}',
+        b'{"id": 1, "seconds": 1, "cpu_seconds": -1}',
     ],
 )
 def test_anything_else_is_not_a_job(body):
@@ -261,6 +264,17 @@ def test_a_job_longer_than_the_allowance_is_dead_lettered_not_started(done_dir, 
     assert broker.rejected == [("only", 1), ("only", 3)]  # requeue=False: to <queue>.dead
     log = capsys.readouterr().out
     assert "rejecting job 2 of 90.5 s: longer than the group's max_job_seconds (60 s)" in log
+
+
+def test_a_job_computes_its_cpu_seconds_then_waits_the_rest(done_dir):
+    waited = []
+    broker = FakeBroker("only", [b'{"id": 1, "seconds": 0.5, "cpu_seconds": 0.2}'])
+    broker.work = waited.append
+    started = time.process_time()
+    run(connections(broker), last=broker)
+    assert time.process_time() - started >= 0.2
+    assert waited == [pytest.approx(0.3)]
+    assert done_ids(done_dir) == [1]
 
 
 def test_without_an_allowance_any_job_up_to_a_day_runs(done_dir):

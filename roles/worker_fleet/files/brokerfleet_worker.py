@@ -14,7 +14,8 @@
                                             ActiveMQ.DLQ.Queue.<queue> on ActiveMQ) to its
                                             queue; a group with priority levels needs --to
 
-A job is a JSON message {"id": ..., "seconds": ...}: the worker works for that long, appends
+A job is a JSON message {"id": ..., "seconds": ...}: the worker works for that long (computing
+for "cpu_seconds" of CPU time first, when the job says, and waiting the rest), appends
 "<id> <started> <finished>" (Unix times) to <done dir>/<queue>.log, then acknowledges, so
 completed, lost and duplicated jobs can be counted. A message that is not a job is rejected
 without requeue: RabbitMQ dead-letters it to <queue>.dead, ActiveMQ to its dead-letter queue.
@@ -77,6 +78,10 @@ DEAD = "dead"
 # A delivery waiting in the worker: the queue it came from, its body, and what acks it.
 Delivery = collections.namedtuple("Delivery", "queue body token")
 
+# A job: its id, how long it lasts, and how much of that it computes (CPU time; the rest it
+# waits, as on a network or disk).
+Job = collections.namedtuple("Job", "id seconds cpu_seconds")
+
 
 class ConnectionLost(Exception):
     """The broker connection is gone, or could not be opened: the worker connects again."""
@@ -97,15 +102,24 @@ def log(message, file=None):
 
 
 def parse_job(body):
-    """The job a message describes, or None when it is not a job."""
+    """The Job a message describes, or None when it is not a job."""
     try:
         job = json.loads(body)
         seconds = float(job["seconds"])
-    except (ValueError, KeyError, TypeError):
+        cpu_seconds = float(job.get("cpu_seconds", 0))
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
-    if "id" not in job or not 0 <= seconds <= 86400:
+    if "id" not in job or not 0 <= seconds <= 86400 or not 0 <= cpu_seconds <= seconds:
         return None
-    return job["id"], seconds
+    return Job(job["id"], seconds, cpu_seconds)
+
+
+def compute(cpu_seconds):
+    """Keep one CPU busy until this process has used `cpu_seconds` more CPU time: the part of
+    a job that is computing, so that more workers than CPUs make it no faster."""
+    end = time.process_time() + cpu_seconds
+    while time.process_time() < end:
+        pass
 
 
 def record_done(queue, job_id, started):
@@ -428,7 +442,7 @@ def take_job(broker, poller, max_job_seconds=None):
         log(f"rejecting a message that is not a job: {delivery.body[:80]!r}")
         broker.reject(delivery)
         return False
-    job_id, seconds = job
+    job_id, seconds, cpu_seconds = job
     if max_job_seconds is not None and seconds > max_job_seconds:
         log(
             f"rejecting job {job_id} of {seconds:g} s: longer than the group's "
@@ -438,7 +452,8 @@ def take_job(broker, poller, max_job_seconds=None):
         broker.reject(delivery)
         return False
     started = time.time()
-    broker.work(seconds)
+    compute(cpu_seconds)
+    broker.work(seconds - cpu_seconds)
     record_done(delivery.queue, job_id, started)
     try:
         broker.ack(delivery)
