@@ -53,9 +53,11 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
-## bench: converge timings on fresh test hosts (targets in bench/converge.py, README)
+## bench: drain efficiency, priorities, converge times and sizing on fresh test hosts, with
+## their targets (bench/run.py, README "Performance"): bench/results/<date>.json and .png
 bench: $(VENV)/.installed test-hosts
-	python bench/converge.py
+	$(VENV)/bin/pip install --quiet -e '.[test,bench]'
+	python bench/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
