@@ -85,7 +85,7 @@ def test_plan_hands_workers_the_poll_order_and_prefetch_one_per_level_queue():
 
 
 def test_plain_group_polls_its_queue_and_fast_jobs_keep_their_prefetch():
-    plan = sizing.fleet_plan([group("thumbs", job_seconds=0.1)], 2)
+    plan = sizing.fleet_plan([group("thumbs", job_seconds=0.01)], 2)
     assert plan[0]["poll_order"] == ["thumbs"] and plan[0]["poll_when_idle"] == []
     assert plan[0]["prefetch"] == plan[0]["openwire_prefetch"] == 10
 
@@ -93,7 +93,7 @@ def test_plain_group_polls_its_queue_and_fast_jobs_keep_their_prefetch():
 def test_activemq_policies_per_consumed_queue():
     groups = [
         group("jobs", priority_levels={"high": 2, "low": 1}),
-        group("thumbs", job_seconds=0.2),
+        group("thumbs", job_seconds=0.02),
         group("thumbs_slow", queue="thumbs", job_seconds=3),
     ]
     assert sizing.activemq_queue_policies(groups) == [

@@ -132,9 +132,12 @@ def test_raising_a_weight_never_takes_processes_from_that_group(groups, spare, f
 
 
 @pytest.mark.parametrize(
-    ("seconds", "prefetch"), [(3600, 1), (5, 1), (1, 1), (0.5, 2), (0.1, 10), (0.001, 100)]
+    ("seconds", "prefetch"),
+    [(3600, 1), (1, 1), (0.3, 1), (0.1, 1), (0.05, 2), (0.02, 5), (0.01, 10), (0.001, 100)],
 )
-def test_prefetch_is_one_for_slow_jobs_and_about_a_second_of_work_for_fast_ones(seconds, prefetch):
+def test_prefetch_is_one_for_slow_jobs_and_a_tenth_of_a_second_of_work_for_fast_ones(
+    seconds, prefetch
+):
     assert sizing.prefetch_for(seconds) == prefetch
 
 
@@ -184,7 +187,7 @@ def test_the_derived_allowance_holds_the_job_and_the_stop_wait_never_shrinks(sec
         ([group("a"), group("b", job_seconds=600)], 12_000_000),  # 6000 s, twice
         ([group("b", max_job_seconds=900.0004)], 1_801_000),  # whole seconds, rounded up
         # Prefetch 10: the tenth message held waits for nine jobs of up to 600 s, then runs.
-        ([group("fast", job_seconds=0.1, max_job_seconds=600)], 12_000_000),
+        ([group("fast", job_seconds=0.01, max_job_seconds=600)], 12_000_000),
         # One message held per level queue (prefetch 1), three levels.
         (
             [group("p", max_job_seconds=1000, priority_levels={"high": 2, "medium": 1, "low": 0})],
@@ -257,7 +260,7 @@ def test_budget_takes_numeric_strings_as_extra_vars_give_them():
 
 def test_plan_fills_defaults_and_derives_per_group_numbers():
     plan = sizing.fleet_plan(
-        [group("pocket", weight=3, job_seconds=30), group("chrome", job_seconds=0.2)], budget=8
+        [group("pocket", weight=3, job_seconds=30), group("chrome", job_seconds=0.02)], budget=8
     )
     pocket, chrome = plan
     assert pocket["queue"] == "pocket" and pocket["importance"] == 3
@@ -297,7 +300,7 @@ def test_rabbitmq_workers_get_an_encoded_amqp_url_and_their_poll_order():
 
 def test_activemq_workers_get_openwire_and_stomp_urls_carrying_the_prefetch():
     slow, fast = sizing.fleet_plan(
-        [group("slow", job_seconds=30), group("fast", job_seconds=0.1)],
+        [group("slow", job_seconds=30), group("fast", job_seconds=0.01)],
         4,
     )
     broker = {**BROKER, "kind": "activemq"}

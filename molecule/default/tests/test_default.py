@@ -21,7 +21,7 @@ from conftest import (
 
 # 3 CPUs x 2 workers per CPU = 6, split 3:1:2 by weight (molecule.yml).
 EXPECTED = {"imports": 3, "thumbnails": 1, "reports": 2}
-PREFETCH = {"imports": 1, "thumbnails": 5}  # jobs of 2 s and 0.2 s
+PREFETCH = {"imports": 1, "thumbnails": 5}  # jobs of 2 s and 0.02 s (molecule.yml)
 LEVELS = ["very_high", "high", "medium", "low", "very_low"]
 
 
