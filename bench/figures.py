@@ -77,18 +77,20 @@ def throughput(done):
 def p1_verdict(efficiencies, bundle="bundle"):
     """One job length's figures {setting: efficiency} → the best fixed setting, its
     efficiency, the bundle's, and whether the bundle met its targets. Where even the best fixed
-    prefetch stays under P1_IDEAL_TARGET, the round trip (client and broker cost per message) is
-    the bottleneck, not the prefetch: only the comparison with the best applies there."""
+    prefetch stays under P1_IDEAL_TARGET ("out_of_reach"), something else bounds the drain: the
+    round trip (client and broker cost per message) on short jobs, the last uneven jobs on
+    long ones. Only the comparison with the best applies there.
+    """
     fixed = {setting: value for setting, value in efficiencies.items() if setting != bundle}
     best = max(fixed, key=fixed.get)
     ours = efficiencies[bundle]
-    round_trip_bound = fixed[best] < P1_IDEAL_TARGET
-    met = ours >= P1_BEST_TARGET * fixed[best] and (round_trip_bound or ours >= P1_IDEAL_TARGET)
+    out_of_reach = fixed[best] < P1_IDEAL_TARGET
+    met = ours >= P1_BEST_TARGET * fixed[best] and (out_of_reach or ours >= P1_IDEAL_TARGET)
     return {
         "best": best,
         "best_efficiency": fixed[best],
         "bundle_efficiency": ours,
-        "round_trip_bound": round_trip_bound,
+        "out_of_reach": out_of_reach,
         "met": met,
     }
 
