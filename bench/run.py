@@ -15,8 +15,9 @@ paused, and bench/drain.py runs timed drains there with the reference worker:
 - P5 throughput by worker count for a CPU-bound and an I/O-bound job, with the sizing
   filter's choice marked.
 
-It writes bench/results/<date>.json (figures, the raw drains' figures and the machine) and
-<date>.png (bench/charts.py), prints a table with each target, and exits 1 when one is missed.
+It writes bench/results/<date>.json (every figure, the machine and the commit; a second run
+the same day adds its parts and brokers to it) and <date>.png (bench/charts.py), prints a
+table with each target, and exits 1 when one is missed.
 The arithmetic and targets are in bench/figures.py.
 """
 
@@ -142,6 +143,10 @@ def numbered(jobs):
 
 
 def p1(host, kind, lengths, count):
+    # A drain nobody times first: a broker that just started, ActiveMQ's JVM above all, takes
+    # its first messages slower (the first ActiveMQ drain of 2026-11-25, 10 ms jobs at
+    # prefetch 10, measured 0.30, and prefetch 1 to 100 measured 0.42-0.54 after it).
+    host.drain("thumbnails", P1_WORKERS, numbered([{"seconds": 0.01}] * count))
     rows = []
     for mean in lengths:
         seconds = figures.uneven_lengths(count, mean)
@@ -304,6 +309,19 @@ def missed(results):
     return [line for line in table(results) if line.endswith("MISSED")]
 
 
+def merged(path, results):
+    """The day's results so far, from a run of other parts or brokers earlier that day, with
+    this run's on top: `--brokers activemq --parts p1` adds to them rather than replacing them.
+    """
+    if not os.path.exists(path):
+        return results
+    with open(path, encoding="utf-8") as saved:
+        earlier = json.load(saved)
+    for profile in earlier.get("p5", {}).get("profiles", {}).values():
+        profile["rates"] = {int(workers): rate for workers, rate in profile["rates"].items()}
+    return {**earlier, **results, "p1": {**earlier.get("p1", {}), **results["p1"]}}
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="p1,p2,p3,p5")
@@ -330,6 +348,7 @@ def main(argv):
     directory = os.path.join(ROOT, "bench", "results")
     os.makedirs(directory, exist_ok=True)
     stem = os.path.join(directory, results["date"])
+    results = merged(f"{stem}.json", results)
     with open(f"{stem}.json", "w", encoding="utf-8") as out:
         json.dump(results, out, indent=1)
     charts.draw(results, f"{stem}.png")
