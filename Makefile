@@ -24,8 +24,11 @@ deploy: $(VENV)/.installed
 status: $(VENV)/.installed
 	ansible-playbook -i $(INVENTORY) playbooks/status.yml $(ARGS)
 
-## test: lint, unit tests, then every molecule scenario on podman test hosts
-test: lint unit molecule
+## test: lint, unit tests, then every molecule scenario on podman test hosts. The test-host
+## image builds meanwhile (it mostly waits on the Debian mirror).
+test: $(VENV)/.installed
+	$(MAKE) --jobs=3 --output-sync=target test-hosts lint unit
+	$(MAKE) molecule
 
 lint: $(VENV)/.installed
 	yamllint --strict .

@@ -3,6 +3,7 @@ on them (rabbitmqctl, supervisorctl, the reference worker's publish verb)."""
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import time
@@ -110,6 +111,21 @@ def ansible_playbook(playbook, expect_failure=False, options=(), **extra_vars):
     )
     assert (result.returncode != 0) == expect_failure, result.stdout + result.stderr
     return result.stdout
+
+
+def changed_tasks(output):
+    """{host: [task]} of what a run's output says each task changed on each host ("changed:"
+    lines under a TASK or RUNNING HANDLER header); a task changed by several loop items once."""
+    changed, task = {}, None
+    for line in output.splitlines():
+        header = re.match(r"^(?:TASK|RUNNING HANDLER) \[(.*)\] \*+$", line)
+        if header:
+            task = header.group(1)
+            continue
+        done = re.match(r"^changed: \[([^\]\s]+)", line)
+        if done and task and task not in changed.get(done.group(1), []):
+            changed.setdefault(done.group(1), []).append(task)
+    return changed
 
 
 def check(host, name):
