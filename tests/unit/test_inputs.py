@@ -349,6 +349,22 @@ def test_broker_host_takes_names_and_addresses(host):
             {"broker_port": 5672, "rabbitmq_management_port": "5672"},
             "port collision: broker_port and rabbitmq_management_port are both 5672",
         ),
+        ({"rabbitmq_prometheus_port": 0}, "rabbitmq_prometheus_port must be an integer within"),
+        (
+            {"rabbitmq_management_port": 15672, "rabbitmq_prometheus_port": "15672"},
+            "rabbitmq_management_port and rabbitmq_prometheus_port are both 15672",
+        ),
+        (
+            {"broker_port": 5672, "rabbitmq_prometheus_port": 5672},
+            "broker_port and rabbitmq_prometheus_port are both 5672",
+        ),
+        # RabbitMQ's is_ip validator: a host name, brackets or a zone keep the node from starting.
+        ({"rabbitmq_prometheus_address": "localhost"}, "rabbitmq_prometheus_address must be an IP"),
+        ({"rabbitmq_prometheus_address": "[::1]"}, "rabbitmq_prometheus_address must be an IP"),
+        ({"rabbitmq_prometheus_address": "fe80::1%eth0"}, "must be an address without a zone"),
+        ({"rabbitmq_prometheus_address": None}, "rabbitmq_prometheus_address must be an IP"),
+        ({"rabbitmq_prometheus_address": "::1", "rabbitmq_prometheus_port": "9419"}, None),
+        ({"rabbitmq_prometheus_address": "10.0.0.5"}, None),
         (
             {"broker_openwire_port": 1, "broker_stomp_port": 1, "activemq_jmx_port": 1},
             "broker_openwire_port and broker_stomp_port and activemq_jmx_port are all 1",
