@@ -327,10 +327,10 @@ def host_error(name: str, value) -> str | None:
 
 
 def ip_error(name: str, value) -> str | None:
-    """An error unless ``value`` is a bare IPv4 or IPv6 address. RabbitMQ's HTTP listeners
-    (management.tcp.ip, prometheus.tcp.ip) take nothing else: their schema's is_ip validator
-    (inet:parse_address) refuses a host name or brackets, and a node whose rabbitmq.conf it
-    refuses does not start."""
+    """An error unless ``value`` is a bare IPv4 or IPv6 address. RabbitMQ's listeners take
+    nothing else: management.tcp.ip and prometheus.tcp.ip are checked with its schema's is_ip
+    (inet:parse_address), listeners.tcp.default is converted to an IP, a host name or brackets
+    fail both, and a node whose rabbitmq.conf fails does not start."""
     error = f"{name} must be an IP address (RabbitMQ takes no host name here), got {value!r}"
     if not isinstance(value, str):
         return error
@@ -455,8 +455,8 @@ TEXT_CHECKS = {
     "broker_vhost": _text(required=True),
     "broker_password": _text(required=True, secret=True),
     "fleet_allow_root_workers": _flag,
-    "rabbitmq_amqp_address": _host,
-    "rabbitmq_management_address": _host,
+    "rabbitmq_amqp_address": _ip,
+    "rabbitmq_management_address": _ip,
     "rabbitmq_prometheus_address": _ip,
     "rabbitmq_extra_config": _config_mapping,
     "activemq_bind_address": _host,

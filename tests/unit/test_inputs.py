@@ -338,7 +338,10 @@ def test_broker_host_takes_names_and_addresses(host):
         ({"rabbitmq_memory_limit_mb": 0}, "rabbitmq_memory_limit_mb must be an integer >= 1"),
         ({"rabbitmq_queue_max_length": -1}, "rabbitmq_queue_max_length must be an integer >= 0"),
         ({"rabbitmq_default_consumer_prefetch": 0}, "rabbitmq_default_consumer_prefetch must be"),
-        ({"rabbitmq_amqp_address": "0.0.0.0\n"}, "rabbitmq_amqp_address must be a host name"),
+        ({"rabbitmq_amqp_address": "0.0.0.0\n"}, "rabbitmq_amqp_address must be an IP address"),
+        ({"rabbitmq_amqp_address": "mq1.example.net"}, "rabbitmq_amqp_address must be an IP"),
+        ({"rabbitmq_management_address": "localhost"}, "rabbitmq_management_address must be an IP"),
+        ({"rabbitmq_amqp_address": "::", "rabbitmq_management_address": "::1"}, None),
         ({"rabbitmq_restart_quiesce_seconds": -1}, "rabbitmq_restart_quiesce_seconds must be"),
         ({"rabbitmq_restart_quiesce_seconds": "0"}, None),
         (
