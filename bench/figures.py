@@ -15,6 +15,7 @@ P1_IDEAL_TARGET = 0.98  # the bundle's prefetch drains at >= 0.98 of the ideal .
 P1_BEST_TARGET = 0.98  # ... and at >= 0.98 of the best fixed prefetch's efficiency
 P2_URGENT_WAIT_JOBS = 2  # very_high waits at most 2 job lengths behind a full low backlog
 P3_NOOP_RATIO_TARGET = 0.15  # a no-op re-run takes at most 0.15 x the first converge
+P4_PUBLISH_TARGET = 5000  # a day's backlog goes in at >= 5,000 confirmed messages/s, one node
 P5_CHOICE_TARGET = 0.9  # the sizing filter's worker count gives >= 0.9 x the best throughput
 
 
@@ -102,6 +103,53 @@ def p2_verdict(tallied, urgent_waits, mean_seconds):
         "longest_urgent_wait": longest,
         "urgent_wait_jobs": longest / mean_seconds,
         "met": tallied["lost"] == 0 and longest <= P2_URGENT_WAIT_JOBS * mean_seconds,
+    }
+
+
+def publish_rate(backlog):
+    """Messages a queue took (acked, not returned) per second, from the first publish to the
+    last confirm. ``backlog`` is what bench/drain.py --backlog reports of its publish."""
+    return (backlog["acked"] - backlog["returned"]) / (backlog["last"] - backlog["first"])
+
+
+def memory_peak(samples):
+    """The most memory the broker was seen using, the watermark (its lowest mem_limit seen),
+    and whether it stayed under it, with no memory alarm, at every sample. No sample: not
+    under (unknown)."""
+    if not samples:
+        return {"max_used": None, "watermark": None, "alarm": None, "under": False, "samples": 0}
+    return {
+        "max_used": max(s["mem_used"] for s in samples),
+        "watermark": min(s["mem_limit"] for s in samples),
+        "alarm": any(s["mem_alarm"] for s in samples),
+        "under": all(s["mem_used"] < s["mem_limit"] and not s["mem_alarm"] for s in samples),
+        "samples": len(samples),
+    }
+
+
+def p4_series(samples, start):
+    """The samples for a chart: seconds since ``start`` (the first publish), queue depth,
+    memory used and the watermark."""
+    return {
+        "seconds": [round(s["time"] - start, 2) for s in samples],
+        "depth": [s["depth"] for s in samples],
+        "mem_used": [s["mem_used"] for s in samples],
+        "mem_limit": [s["mem_limit"] for s in samples],
+    }
+
+
+def p4_verdict(backlog, rate, memory, tallied):
+    """A day's backlog: published at >= P4_PUBLISH_TARGET messages/s, none refused (nacked or
+    returned); the broker's memory under the watermark at every sample; every job done, and
+    none twice."""
+    published = rate >= P4_PUBLISH_TARGET
+    refused = backlog["nacked"] + backlog["returned"]
+    complete = refused == 0 and tallied["lost"] == 0 and tallied["duplicates"] == 0
+    return {
+        "publish_met": published,
+        "memory_met": memory["under"],
+        "complete_met": complete,
+        "met": published and memory["under"] and complete,
     }
 
 

@@ -1,6 +1,6 @@
 """`make bench`: what the bundle is for, measured side by side on fresh podman test hosts.
 
-    python bench/run.py [--parts p1,p2,p3,p5] [--brokers rabbitmq,activemq] [--quick]
+    python bench/run.py [--parts p1,p2,p3,p4,p5] [--brokers rabbitmq,activemq] [--quick]
 
 Each broker gets a fresh test host (Debian 12) that runs this checkout's site.yml on itself
 with the default inventory, as `make deploy` does on a new machine (the connection is local, so
@@ -12,6 +12,8 @@ paused, and bench/drain.py runs timed drains there with the reference worker:
 - P2 the priority levels of the demo group `reports`: 750 jobs over 5 levels, and very_high
   jobs arriving behind a full low backlog;
 - P3 first converge, no-op re-run and a re-run that scales one group (RabbitMQ host);
+- P4 a day's backlog on RabbitMQ: 100,000 persistent jobs published with confirms before any
+  worker starts, then drained by 16 workers, the broker's memory sampled throughout;
 - P5 throughput by worker count for a CPU-bound and an I/O-bound job, with the sizing
   filter's choice marked.
 
@@ -54,6 +56,9 @@ P1_FIXED = (1, 2, 4, 16, 100, "unbounded")
 UNBOUNDED = {"rabbitmq": 0, "activemq": 32767}
 # P2: the demo group with priority levels, its workers, and its jobs' mean length.
 P2_GROUP, P2_WORKERS, P2_SECONDS = "reports", 4, 0.25
+# P4: a day's backlog (RabbitMQ only): its jobs, their mean length (uneven, 0.6-5.4 ms), the
+# workers that drain it, and how long the drain may take once the jobs are published.
+P4_JOBS, P4_SECONDS, P4_WORKERS, P4_TIMEOUT = 100_000, 0.003, 16, 300
 # P5: jobs of each profile {"seconds", "cpu_seconds"} and how many a drain takes.
 P5_PROFILES = {
     "cpu-bound": ({"seconds": 0.05, "cpu_seconds": 0.05}, 800),
@@ -109,12 +114,20 @@ class BenchHost:
         out = self.run("supervisorctl", "status", check=False)
         return dict(re.findall(r"^(\S+)\s+RUNNING\s+pid (\d+)", out, re.MULTILINE))
 
-    def drain(self, group, workers, jobs, prefetch=None):
+    def drain(self, group, workers, jobs, prefetch=None, backlog=False, timeout=None):
         argv = ["python3", f"{ROOT}/bench/drain.py", "--group", group, "--workers", str(workers)]
         if prefetch is not None:
             argv += ["--prefetch", str(prefetch)]
+        if backlog:
+            argv.append("--backlog")
+        if timeout is not None:
+            argv += ["--timeout", str(timeout)]
         result = json.loads(self.run(*argv, stdin=json.dumps(jobs)))
         result["published"] = {int(k): v for k, v in result["published"].items()}
+        if result["strays"]:
+            # Not this drain's: an earlier one counted them done once already.
+            ids = sorted({row[0] for row in result["strays"]})
+            print(f"  {len(ids)} jobs of an earlier drain were done again in this one: {ids[:10]}")
         return result
 
 
@@ -157,7 +170,10 @@ def p1(host, kind, lengths, count):
             prefetch = {"bundle": bundle, "unbounded": UNBOUNDED[kind]}.get(setting, setting)
             result = host.drain("thumbnails", P1_WORKERS, jobs, prefetch)
             efficiencies[str(setting)] = figures.efficiency(seconds, P1_WORKERS, result["done"])
-            tallies[str(setting)] = figures.tally([j["id"] for j in jobs], result["done"])
+            tallies[str(setting)] = {
+                **figures.tally([j["id"] for j in jobs], result["done"]),
+                "strays": len(result["strays"]),  # an earlier drain's jobs done in this one
+            }
             print(f"  P1 {kind} {mean:g} s prefetch {setting}: {efficiencies[str(setting)]:.3f}")
         rows.append(
             {
@@ -194,6 +210,40 @@ def p2(host, count):
         "urgent_waits": late_waits,
         **figures.p2_verdict(tallied, late_waits, P2_SECONDS),
     }
+
+
+def p4(host, count):
+    """A day's backlog: publish rate, drain rate, and the broker's memory against its
+    watermark over both."""
+    seconds = figures.uneven_lengths(count, P4_SECONDS, seed=4)
+    jobs = numbered({"seconds": s} for s in seconds)
+    prefetch = sizing.prefetch_for(P4_SECONDS)
+    result = host.drain("thumbnails", P4_WORKERS, jobs, prefetch, backlog=True, timeout=P4_TIMEOUT)
+    backlog, done, samples = result["backlog"], result["done"], result["samples"]
+    tallied = figures.tally([j["id"] for j in jobs], done)
+    rate = figures.publish_rate(backlog)
+    memory = figures.memory_peak(samples)
+    start = backlog["first"]
+    p = {
+        "jobs": count,
+        "workers": P4_WORKERS,
+        "mean_seconds": P4_SECONDS,
+        "prefetch": prefetch,
+        "publish": {**backlog, "seconds": backlog["last"] - start, "rate": rate},
+        "drain": {
+            "from": min(row[2] for row in done) - start,  # seconds after the first publish
+            "seconds": figures.drain_seconds(done),
+            "rate": figures.throughput(done),
+        },
+        "tally": tallied,
+        "strays": len(result["strays"]),
+        "memory": memory,
+        "sample_failures": result["sample_failures"],
+        "series": figures.p4_series(samples, start),
+        **figures.p4_verdict(backlog, rate, memory, tallied),
+    }
+    print(f"  P4 published at {rate:.0f}/s, drained at {p['drain']['rate']:.0f} jobs/s")
+    return p
 
 
 def sizing_choice(cpus, memory_mb):
@@ -294,6 +344,38 @@ def table(results):
             "0 restarted",
             not p["restarted"],
         )
+    if "p4" in results:
+        p = results["p4"]
+        line(
+            f"P4 publish {p['jobs']:,} confirmed",
+            f"{p['publish']['rate']:,.0f} msg/s ({p['publish']['seconds']:.1f} s)",
+            f">= {figures.P4_PUBLISH_TARGET:,} msg/s",
+            p["publish_met"],
+        )
+        line(
+            f"P4 drain by {p['workers']} workers",
+            f"{p['drain']['rate']:,.0f} jobs/s ({p['drain']['seconds']:.1f} s)",
+            "",
+            True,
+        )
+        refused = p["publish"]["nacked"] + p["publish"]["returned"]
+        line(
+            "P4 nothing lost",
+            f"{p['tally']['completed']}/{p['jobs']}, {p['tally']['duplicates']} twice, "
+            f"{refused} refused",
+            "all, once; none nacked/returned",
+            p["complete_met"],
+        )
+        memory = p["memory"]
+        line(
+            "P4 broker memory",
+            f"max {memory['max_used'] / 2**20:,.0f} of {memory['watermark'] / 2**20:,.0f} MiB "
+            f"({memory['max_used'] / memory['watermark']:.0%})"
+            if memory["samples"]
+            else "not sampled",
+            "under the watermark, no alarm",
+            p["memory_met"],
+        )
     if "p5" in results:
         for name, p in results["p5"]["profiles"].items():
             line(
@@ -324,7 +406,7 @@ def merged(path, results):
 
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="p1,p2,p3,p5")
+    parser.add_argument("--parts", default="p1,p2,p3,p4,p5")
     parser.add_argument("--brokers", default="rabbitmq,activemq")
     parser.add_argument("--quick", action="store_true", help="a tenth of the jobs, to try it")
     args = parser.parse_args(argv)
@@ -343,6 +425,8 @@ def main(argv):
                 results["p1"][kind] = p1(host, kind, P1_LENGTHS, int(P1_JOBS * scale))
             if kind == "rabbitmq" and "p2" in parts:
                 results["p2"] = p2(host, int(750 * scale))
+            if kind == "rabbitmq" and "p4" in parts:
+                results["p4"] = p4(host, int(P4_JOBS * scale))
             if kind == "rabbitmq" and "p5" in parts:
                 results["p5"] = p5(host, scale)
     directory = os.path.join(ROOT, "bench", "results")

@@ -77,3 +77,61 @@ def test_p5_compares_the_sizing_choice_with_the_best_worker_count():
     verdict = figures.p5_verdict({2: 20.0, 4: 38.0, 6: 40.0, 8: 39.0}, choice=4)
     assert verdict == {"best": 6, "choice": 4, "ratio": 0.95, "met": True}
     assert not figures.p5_verdict({2: 20.0, 4: 30.0, 8: 40.0}, choice=4)["met"]
+
+
+BACKLOG = {"first": 100.0, "last": 120.0, "published": 100_000, "acked": 100_000}
+
+
+def test_the_publish_rate_counts_what_a_queue_took_from_first_publish_to_last_confirm():
+    assert figures.publish_rate({**BACKLOG, "nacked": 0, "returned": 0}) == 5000
+    # A returned message is acked too (unroutable), but no queue took it.
+    assert figures.publish_rate({**BACKLOG, "nacked": 0, "returned": 20_000}) == 4000
+
+
+def sample(used, limit=1000, alarm=False, at=0.0, depth=0):
+    return {"time": at, "depth": depth, "mem_used": used, "mem_limit": limit, "mem_alarm": alarm}
+
+
+def test_memory_must_stay_under_the_watermark_at_every_sample():
+    peak = figures.memory_peak([sample(200), sample(999), sample(300)])
+    assert peak == {"max_used": 999, "watermark": 1000, "alarm": False, "under": True, "samples": 3}
+    assert not figures.memory_peak([sample(200), sample(1000)])["under"]
+    # An alarm seen means the broker blocked publishers, whatever the figure sampled.
+    assert not figures.memory_peak([sample(200), sample(300, alarm=True)])["under"]
+    assert not figures.memory_peak([])["under"]  # nothing sampled: unknown, not met
+
+
+def test_the_chart_series_counts_seconds_from_the_first_publish():
+    series = figures.p4_series([sample(5, at=99.5, depth=0), sample(7, at=101.25, depth=10)], 100)
+    assert series == {
+        "seconds": [-0.5, 1.25],
+        "depth": [0, 10],
+        "mem_used": [5, 7],
+        "mem_limit": [1000, 1000],
+    }
+
+
+@pytest.mark.parametrize(
+    ("rate", "nacked", "returned", "lost", "duplicates", "under", "failed"),
+    [
+        (5000, 0, 0, 0, 0, True, set()),
+        (4999, 0, 0, 0, 0, True, {"publish_met"}),
+        (6000, 1, 0, 0, 0, True, {"complete_met"}),
+        (6000, 0, 1, 0, 0, True, {"complete_met"}),
+        (6000, 0, 0, 1, 0, True, {"complete_met"}),
+        (6000, 0, 0, 0, 1, True, {"complete_met"}),
+        (6000, 0, 0, 0, 0, False, {"memory_met"}),
+    ],
+)
+def test_p4_wants_the_rate_the_memory_and_every_job_once(
+    rate, nacked, returned, lost, duplicates, under, failed
+):
+    verdict = figures.p4_verdict(
+        {"nacked": nacked, "returned": returned},
+        rate,
+        {"under": under},
+        {"lost": lost, "duplicates": duplicates},
+    )
+    assert {key for key, met in verdict.items() if not met} == (
+        failed | {"met"} if failed else set()
+    )

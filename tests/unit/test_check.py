@@ -403,7 +403,8 @@ def waits(now, done, queues=WAITING, paused=None, **seen):
     seconds after a sample at 0, ``done`` jobs acknowledged in between."""
     before = sample(0.0, imports=queue())
     after = sample(now, imports=queue(acked=done, **seen))
-    return check.broker_problems(after, queues, paused, before, before)
+    figures = check.queue_figures(after, queues, before)
+    return check.broker_problems(after, queues, paused, before, figures)
 
 
 def test_the_wait_is_the_backlog_at_the_out_rate_at_best_one_job_an_interval():
@@ -436,7 +437,7 @@ def test_a_backlog_that_outlasts_max_drain_seconds_is_a_warning_twice_as_long_cr
 
 def test_a_wait_is_judged_only_with_rates_and_only_while_jobs_wait():
     now = sample(60.0, imports=queue(ready=10**6, acked=1))
-    assert check.broker_problems(now, WAITING, None, now, None) == []
+    assert check.broker_problems(now, WAITING, None, now) == []
     # Jobs in progress, none waiting: long jobs are max_job_seconds' business.
     assert waits(60.0, 0, ready=0, unacked=50) == []
 

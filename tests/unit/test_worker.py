@@ -549,6 +549,79 @@ def test_a_stomp_batch_is_confirmed_only_once_its_receipt_is_back(monkeypatch):
     assert len(sent) == 4
 
 
+class StompDisconnect:
+    """What close() needs of stomp.py: a connection, its transport, and the protocol's
+    disconnect, which sends a DISCONNECT with a receipt and records it in ``events``. The
+    broker answers after ``answer_after`` seconds (from its receiver thread), or never."""
+
+    def __init__(self, broker, answer_after=None):
+        self.broker, self.answer_after, self.events = broker, answer_after, []
+        self.connected = True
+        self.transport = types.SimpleNamespace(disconnect_socket=self.disconnect_socket)
+        broker.connection = self
+        broker.stomp = types.SimpleNamespace(
+            protocol=types.SimpleNamespace(
+                Protocol11=types.SimpleNamespace(disconnect=self.disconnect)
+            )
+        )
+
+    def is_connected(self):
+        return self.connected
+
+    def disconnect(self, connection, receipt):
+        assert connection is self
+        self.events.append(("DISCONNECT", receipt))
+        if self.answer_after is not None:
+            threading.Timer(self.answer_after, self.receipt, [receipt]).start()
+
+    def receipt(self, receipt):
+        self.events.append(("RECEIPT", receipt))
+        self.broker.on_receipt(types.SimpleNamespace(headers={"receipt-id": receipt}))
+
+    def disconnect_socket(self):
+        self.events.append("socket closed")
+        self.connected = False
+
+
+def test_a_stomp_close_waits_until_the_broker_confirms_its_disconnect():
+    # The acks sent before the DISCONNECT are taken once its receipt is back: close() returns
+    # only then, and leaves the socket to stomp.py, which closes it on that receipt.
+    broker = bare_stomp_broker()
+    stomp = StompDisconnect(broker, answer_after=0.2)
+    broker.close()
+    stomp.events.append("closed")
+    (command, receipt), *rest = stomp.events
+    assert command == "DISCONNECT" and receipt
+    assert rest == [("RECEIPT", receipt), "closed"]
+
+
+def test_a_stomp_close_without_a_receipt_gives_up_after_its_bound_and_closes_the_socket(
+    monkeypatch, capsys
+):
+    monkeypatch.setattr(worker, "DISCONNECT_SECONDS", 0.2)
+    broker = bare_stomp_broker()
+    stomp = StompDisconnect(broker)  # the broker never answers
+    started = time.monotonic()
+    broker.close()
+    assert 0.2 <= time.monotonic() - started < 1
+    assert stomp.events[0][0] == "DISCONNECT" and stomp.events[1:] == ["socket closed"]
+    assert "did not confirm the disconnect within 0.2 s" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("gone", ["noticed", "socket"])
+def test_a_stomp_close_on_a_lost_connection_sends_nothing_and_waits_for_nothing(gone):
+    broker = bare_stomp_broker()
+    stomp = StompDisconnect(broker, answer_after=0)
+    if gone == "noticed":
+        broker.on_disconnected()
+    else:
+        stomp.connected = False
+    started = time.monotonic()
+    broker.close()
+    assert time.monotonic() - started < 0.1
+    assert stomp.events == []
+
+
 PRIORITY = {
     "BROKER_QUEUE": "jobs",
     "FLEET_POLL_ORDER": "jobs.high,jobs.low,jobs.high",

@@ -290,17 +290,39 @@ def group_backlog(groups, sample, now, max_age=300):
 # --- broker and status (pure: unit-tested in tests/unit/test_check.py) ---------------------
 
 
-def broker_problems(sample, queues, paused=None, last=None, previous=None):
+def queue_figures(sample, queues, previous=None):
+    """What the check works out for each worker queue of ``queues`` (broker.json) and its
+    dead-letter queue that ``sample`` lists: {name: {"rate" ((in, out) per second; None:
+    unknown), "wait" (long_wait()), "fill" (fill())}}. Rates come from ``previous``, a recent
+    sample (None: none, and no rates)."""
+    rates = queue_rates(previous, sample) if previous else {}
+    interval = sample["time"] - previous["time"] if previous else None
+    watched = {queue["name"]: queue for queue in queues}
+    figures = {}
+    for name in [name for queue in queues for name in (queue["name"], queue["dead"])]:
+        seen = sample["queues"].get(name)
+        if seen is None:
+            continue
+        # A dead-letter queue has neither limit: its alerts are dead_letter_problem()'s.
+        limits = watched.get(name, {})
+        figures[name] = {
+            "rate": rates.get(name),
+            "wait": long_wait(limits, seen, rates.get(name), interval),
+            "fill": fill(limits, seen),
+        }
+    return figures
+
+
+def broker_problems(sample, queues, paused=None, last=None, figures=None):
     """[(code, message)] for a broker ``sample`` and the worker ``queues`` it must serve:
     [{"name", "group", "dead", ...}], ``dead`` being the queue's dead-letter queue (broker.json,
     queues.checked_queues). The jobs waiting for a group in ``paused`` ({group: pause}) are
     expected: an OK note, not a problem. ``last`` is the previous run's sample, None when there
-    is none: failed jobs are judged against it (dead_letter_problem()). ``previous`` is a
-    recent sample (None: none): rates come from it, and how long a backlog waits
-    (long_wait_problem())."""
+    is none: failed jobs are judged against it (dead_letter_problem()). ``figures`` are
+    queue_figures() of the sample (None: those without rates): how long a backlog waits
+    (long_wait_problem()) and how full a queue is (max_length_problem())."""
     paused = paused or {}
-    rates = queue_rates(previous, sample) if previous else {}
-    interval = sample["time"] - previous["time"] if previous else None
+    figures = queue_figures(sample, queues) if figures is None else figures
     problems = list(sample["alarms"])
     problems += node_problems(sample.get("nodes"), problems)
     for queue in queues:
@@ -324,10 +346,9 @@ def broker_problems(sample, queues, paused=None, last=None, previous=None):
                 )
             )
         else:
-            wait = long_wait(queue, seen, rates.get(queue["name"]), interval)
-            problems += long_wait_problem(queue, wait)
+            problems += long_wait_problem(queue, figures[queue["name"]]["wait"])
         if seen is not None:
-            problems += max_length_problem(queue, fill(queue, seen))
+            problems += max_length_problem(queue, figures[queue["name"]]["fill"])
         problems += replica_problems(queue["name"], seen)
         problems += replica_problems(queue["dead"], sample["queues"].get(queue["dead"]))
         problems += dead_letter_problem(queue, dead_letters(sample, queue, last))
@@ -1250,13 +1271,12 @@ def describe_broker(report, config, sample, previous, last=None):
     ``previous`` (a recent sample, or None), failed jobs are compared with ``last`` (the
     previous run's sample, whatever its age; ``previous`` when not given)."""
     last = previous if last is None else last
-    for code, message in broker_problems(sample, config["queues"], read_held(), last, previous):
+    figures = queue_figures(sample, config["queues"], previous)
+    for code, message in broker_problems(sample, config["queues"], read_held(), last, figures):
         if code == OK:
             report.note(message)
         else:
             report.problem(code, message)
-    rates = queue_rates(previous, sample) if previous else {}
-    interval = sample["time"] - previous["time"] if previous else None
     report.data["broker"] = {
         "kind": config["kind"],
         "usage": sample["usage"],
@@ -1267,16 +1287,12 @@ def describe_broker(report, config, sample, previous, last=None):
     # Dead-letter queues only while they hold failed jobs.
     found = sample["queues"]
     dead = [q["dead"] for q in config["queues"] if found.get(q["dead"], {}).get("ready")]
-    watched = {q["name"]: q for q in config["queues"]}
-    for name in list(watched) + dead:
+    for name in [q["name"] for q in config["queues"]] + dead:
         queue = found.get(name)
         if queue is None:
             continue
-        rate = rates.get(name)
+        rate, wait, filled = (figures[name][key] for key in ("rate", "wait", "fill"))
         backlog = queue["ready"] + queue["unacked"]
-        # A dead-letter queue has neither limit: its alerts are dead_letter_problem()'s.
-        wait = long_wait(watched.get(name, {}), queue, rate, interval)
-        filled = fill(watched.get(name, {}), queue)
         report.data["broker"]["queues"][name] = {
             **{key: queue[key] for key in ("ready", "unacked", "consumers")},
             "in_per_second": None if rate is None else round(rate[0], 2),
