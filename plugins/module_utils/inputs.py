@@ -167,6 +167,7 @@ NUMBERS = {
     "broker_stomp_port": PORT,
     # rabbitmq
     "rabbitmq_management_port": PORT,
+    "rabbitmq_prometheus_port": PORT,
     "rabbitmq_memory_fraction": Number(minimum=0.1, maximum=0.9),
     "rabbitmq_memory_limit_mb": Number(integer=True, minimum=1, optional=True),
     "rabbitmq_queue_max_length": Number(integer=True, minimum=0),
@@ -203,6 +204,8 @@ NUMBERS = {
 # all of its variables.
 LISTENERS = (
     ("broker_port", "rabbitmq_management_port"),
+    ("broker_port", "rabbitmq_prometheus_port"),
+    ("rabbitmq_management_port", "rabbitmq_prometheus_port"),
     ("broker_openwire_port", "broker_stomp_port", "activemq_jmx_port"),
 )
 
@@ -323,6 +326,28 @@ def host_error(name: str, value) -> str | None:
     return f"{name} must be a host name or an IP address, got {value!r}"
 
 
+def ip_error(name: str, value) -> str | None:
+    """An error unless ``value`` is a bare IPv4 or IPv6 address. RabbitMQ's listeners take
+    nothing else: management.tcp.ip and prometheus.tcp.ip are checked with its schema's is_ip
+    (inet:parse_address), listeners.tcp.default is converted to an IP, a host name or brackets
+    fail both, and a node whose rabbitmq.conf fails does not start."""
+    error = f"{name} must be an IP address (RabbitMQ takes no host name here), got {value!r}"
+    if not isinstance(value, str):
+        return error
+    try:
+        parsed = ipaddress.ip_address(value)
+    except ValueError:
+        return error
+    if getattr(parsed, "scope_id", None):
+        return f"{name} must be an address without a zone (%), got {value!r}"
+    return None
+
+
+def _ip(name, value):
+    error = ip_error(name, value)
+    return [error] if error else []
+
+
 def _host(name, value):
     if name == "broker_host" and value in (None, ""):
         return ["broker_host is empty and the inventory has no host in group brokers"]
@@ -430,8 +455,9 @@ TEXT_CHECKS = {
     "broker_vhost": _text(required=True),
     "broker_password": _text(required=True, secret=True),
     "fleet_allow_root_workers": _flag,
-    "rabbitmq_amqp_address": _host,
-    "rabbitmq_management_address": _host,
+    "rabbitmq_amqp_address": _ip,
+    "rabbitmq_management_address": _ip,
+    "rabbitmq_prometheus_address": _ip,
     "rabbitmq_extra_config": _config_mapping,
     "activemq_bind_address": _host,
     "fleet_checks_minute": _cron_minute,

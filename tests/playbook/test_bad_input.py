@@ -242,6 +242,22 @@ CASES = [
         ["broker_port and rabbitmq_management_port are both 5672"],
         "rabbitmq_ports",
     ),
+    (
+        {"rabbitmq_prometheus_port": 70000},
+        ["rabbitmq_prometheus_port must be an integer within 1-65535, got 70000"],
+        "rabbitmq_prometheus_port",
+    ),
+    (
+        {"rabbitmq_prometheus_port": 15672},
+        ["rabbitmq_management_port and rabbitmq_prometheus_port are both 15672"],
+        "rabbitmq_prometheus_port_collision",
+    ),
+    # RabbitMQ refuses a host name for prometheus.tcp.ip, and then does not start.
+    (
+        {"rabbitmq_prometheus_address": "localhost"},
+        ["rabbitmq_prometheus_address must be an IP address"],
+        "rabbitmq_prometheus_address",
+    ),
     # -e gives strings: numeric ones are taken, others refused naming the variable.
     ({"-e": {"workers_per_cpu": "nan"}}, ["workers_per_cpu must be a number > 0"], "e_nan"),
     ({"-e": {"rabbitmq_memory_fraction": "lots"}}, ["rabbitmq_memory_fraction"], "e_word"),
@@ -448,6 +464,7 @@ def preflight_part(output: str) -> str:
                 "fleet_autoscale_horizon": "0",
                 "broker_port": "5673",
                 "rabbitmq_management_port": "15673",
+                "rabbitmq_prometheus_port": "15693",
                 "rabbitmq_memory_limit_mb": "2048",
                 "rabbitmq_queue_max_length": "5000",
                 "rabbitmq_default_consumer_prefetch": "2",

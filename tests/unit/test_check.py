@@ -220,6 +220,21 @@ def test_the_status_text_shows_each_queue_with_its_rates_and_drain_time():
     assert report.data["broker"]["queues"]["imports"]["drain_seconds"] == 1004 / 3
 
 
+def test_the_metrics_give_each_queue_s_rates_once_known():
+    config = {"kind": "rabbitmq", "queues": QUEUES[:1]}
+    before = sample(0.0, imports=queue(published=0, acked=0))
+    now = sample(60.0, imports=queue(ready=1000, unacked=4, published=60, acked=240))
+    report = check.Report("broker")
+    check.describe_broker(report, config, now, before)
+    metrics = report.prometheus().splitlines()
+    assert 'brokerfleet_queue_in_per_second{queue="imports"} 1.0' in metrics
+    assert 'brokerfleet_queue_out_per_second{queue="imports"} 4.0' in metrics
+    # The first sample has no rates: no line rather than a made-up 0.
+    report = check.Report("broker")
+    check.describe_broker(report, config, now, None)
+    assert not [m for m in report.prometheus().splitlines() if "_per_second" in m]
+
+
 # --- failed jobs: dead-letter queues -----------------------------------------------------------
 
 
@@ -948,12 +963,18 @@ def test_awkward_queue_and_group_names_cannot_forge_metrics():
         "dead_letters": {name: dead for name in AWKWARD},
     }
     report.data["groups"] = {
-        name: {"expected": 1, "running": 1, "shed": 0, "paused": {"since": 0, "reason": name}}
+        name: {
+            "expected": 1,
+            "running": 1,
+            "shed": 0,
+            "moved": 0,
+            "paused": {"since": 0, "reason": name},
+        }
         for name in AWKWARD
     }
     lines = report.prometheus().splitlines()
     # One line per sample: nothing a name holds starts a line of its own.
-    assert len(lines) == 1 + 3 * len(AWKWARD) + 4 * len(AWKWARD) + 3 * len(AWKWARD)
+    assert len(lines) == 1 + 3 * len(AWKWARD) + 5 * len(AWKWARD) + 3 * len(AWKWARD)
     assert sum(line.startswith("brokerfleet_check_status") for line in lines) == 1
     assert 'brokerfleet_queue_ready{queue="a\\"b"} 1' in lines
     assert 'brokerfleet_workers_running{group="back\\\\slash"} 1' in lines
@@ -1102,6 +1123,19 @@ def test_the_status_text_and_metrics_show_a_paused_group():
     metrics = report.prometheus().splitlines()
     assert 'brokerfleet_group_paused{group="imports"} 1' in metrics
     assert 'brokerfleet_group_paused{group="reports"} 0' in metrics
+
+
+def test_the_metrics_give_each_group_s_workers_moved_by_autoscale():
+    report = check.Report("workers")
+    report.data["groups"] = {
+        "imports": {"expected": 5, "running": 5, "moved": 2, "shed": 0, "paused": None},
+        "thumbnails": {"expected": 0, "running": 0, "moved": -2, "shed": 0, "paused": None},
+        "reports": {"expected": 2, "running": 2, "moved": 0, "shed": 0, "paused": None},
+    }
+    metrics = report.prometheus().splitlines()
+    assert 'brokerfleet_workers_moved{group="imports"} 2' in metrics
+    assert 'brokerfleet_workers_moved{group="thumbnails"} -2' in metrics
+    assert 'brokerfleet_workers_moved{group="reports"} 0' in metrics  # 0, not missing
 
 
 def test_pause_and_resume_take_a_group_and_only_they_do():

@@ -338,7 +338,10 @@ def test_broker_host_takes_names_and_addresses(host):
         ({"rabbitmq_memory_limit_mb": 0}, "rabbitmq_memory_limit_mb must be an integer >= 1"),
         ({"rabbitmq_queue_max_length": -1}, "rabbitmq_queue_max_length must be an integer >= 0"),
         ({"rabbitmq_default_consumer_prefetch": 0}, "rabbitmq_default_consumer_prefetch must be"),
-        ({"rabbitmq_amqp_address": "0.0.0.0\n"}, "rabbitmq_amqp_address must be a host name"),
+        ({"rabbitmq_amqp_address": "0.0.0.0\n"}, "rabbitmq_amqp_address must be an IP address"),
+        ({"rabbitmq_amqp_address": "mq1.example.net"}, "rabbitmq_amqp_address must be an IP"),
+        ({"rabbitmq_management_address": "localhost"}, "rabbitmq_management_address must be an IP"),
+        ({"rabbitmq_amqp_address": "::", "rabbitmq_management_address": "::1"}, None),
         ({"rabbitmq_restart_quiesce_seconds": -1}, "rabbitmq_restart_quiesce_seconds must be"),
         ({"rabbitmq_restart_quiesce_seconds": "0"}, None),
         (
@@ -349,6 +352,22 @@ def test_broker_host_takes_names_and_addresses(host):
             {"broker_port": 5672, "rabbitmq_management_port": "5672"},
             "port collision: broker_port and rabbitmq_management_port are both 5672",
         ),
+        ({"rabbitmq_prometheus_port": 0}, "rabbitmq_prometheus_port must be an integer within"),
+        (
+            {"rabbitmq_management_port": 15672, "rabbitmq_prometheus_port": "15672"},
+            "rabbitmq_management_port and rabbitmq_prometheus_port are both 15672",
+        ),
+        (
+            {"broker_port": 5672, "rabbitmq_prometheus_port": 5672},
+            "broker_port and rabbitmq_prometheus_port are both 5672",
+        ),
+        # RabbitMQ's is_ip validator: a host name, brackets or a zone keep the node from starting.
+        ({"rabbitmq_prometheus_address": "localhost"}, "rabbitmq_prometheus_address must be an IP"),
+        ({"rabbitmq_prometheus_address": "[::1]"}, "rabbitmq_prometheus_address must be an IP"),
+        ({"rabbitmq_prometheus_address": "fe80::1%eth0"}, "must be an address without a zone"),
+        ({"rabbitmq_prometheus_address": None}, "rabbitmq_prometheus_address must be an IP"),
+        ({"rabbitmq_prometheus_address": "::1", "rabbitmq_prometheus_port": "9419"}, None),
+        ({"rabbitmq_prometheus_address": "10.0.0.5"}, None),
         (
             {"broker_openwire_port": 1, "broker_stomp_port": 1, "activemq_jmx_port": 1},
             "broker_openwire_port and broker_stomp_port and activemq_jmx_port are all 1",

@@ -153,6 +153,7 @@ def test_listeners_are_bound_as_documented(broker):
 
     assert bound(5672) <= {"0.0.0.0:5672", "*:5672", "[::]:5672"}  # rabbitmq_amqp_address
     assert bound(15672) == {"127.0.0.1:15672"}  # management: loopback only
+    assert bound(15692) == {"127.0.0.1:15692"}  # rabbitmq_prometheus: loopback only
     # Erlang's epmd and distribution port, as Debian starts them, behind the cookie.
     assert bound(4369) <= {"0.0.0.0:4369", "[::]:4369"}
     assert bound(25672) <= {"0.0.0.0:25672", "[::]:25672"}

@@ -1563,7 +1563,8 @@ class Report:
         if self.data.get("load_per_cpu") is not None:
             lines.append(f"brokerfleet_load_per_cpu {self.data['load_per_cpu']:.3f}")
         for name, group in self.data["groups"].items():
-            for key in ("expected", "running", "shed"):
+            # moved: workers autoscale gave (+) or took (-), 0 without a move.
+            for key in ("expected", "running", "shed", "moved"):
                 lines.append(f"brokerfleet_workers_{key}{{group={label(name)}}} {group[key]}")
             paused = int(bool(group.get("paused")))
             lines.append(f"brokerfleet_group_paused{{group={label(name)}}} {paused}")
@@ -1579,6 +1580,7 @@ class Report:
         for name, queue in broker.get("queues", {}).items():
             for key in ("ready", "unacked", "consumers"):
                 lines.append(f"brokerfleet_queue_{key}{{queue={label(name)}}} {queue[key]}")
+            lines += rate_metrics(name, queue)
             lines += alert_metrics(name, queue)
         for name, dead in broker.get("dead_letters", {}).items():
             queue = label(name)
@@ -1589,6 +1591,17 @@ class Report:
                     f"brokerfleet_dead_letter_max_length{{queue={queue}}} {dead['max_length']}"
                 )
         return "\n".join(lines) + "\n"
+
+
+def rate_metrics(name, queue):
+    """A queue's in and out rates (jobs per second since the previous sample), once known.
+    rabbitmq_prometheus counts publishes and acks only per channel (a series per worker
+    channel, gone with it), and ActiveMQ has no exporter."""
+    return [
+        f"brokerfleet_queue_{key}{{queue={label(name)}}} {queue[key]}"
+        for key in ("in_per_second", "out_per_second")
+        if queue.get(key) is not None
+    ]
 
 
 def alert_metrics(name, queue):
