@@ -235,6 +235,17 @@ def test_the_metrics_give_each_queue_s_rates_once_known():
     assert not [m for m in report.prometheus().splitlines() if "_per_second" in m]
 
 
+def test_queue_depth_metrics_only_where_no_exporter_has_them():
+    now = sample(60.0, imports=queue(ready=1000, unacked=4))
+    depth = {}
+    for kind in ("rabbitmq", "activemq"):
+        report = check.Report("broker")
+        check.describe_broker(report, {"kind": kind, "queues": QUEUES[:1]}, now, None)
+        depth[kind] = [m for m in report.prometheus().splitlines() if "queue_ready" in m]
+    # rabbitmq_prometheus has RabbitMQ's (/metrics/detailed); ActiveMQ has no exporter.
+    assert depth == {"rabbitmq": [], "activemq": ['brokerfleet_queue_ready{queue="imports"} 1000']}
+
+
 # --- failed jobs: dead-letter queues -----------------------------------------------------------
 
 

@@ -1578,8 +1578,11 @@ class Report:
             lines.append(f"brokerfleet_broker_nodes {len(broker['nodes'])}")
             lines.append(f"brokerfleet_broker_nodes_running {running}")
         for name, queue in broker.get("queues", {}).items():
-            for key in ("ready", "unacked", "consumers"):
-                lines.append(f"brokerfleet_queue_{key}{{queue={label(name)}}} {queue[key]}")
+            # RabbitMQ's own exporter has a queue's depth and consumers (rabbitmq_prometheus,
+            # /metrics/detailed); ActiveMQ has no exporter.
+            if broker.get("kind") != "rabbitmq":
+                for key in ("ready", "unacked", "consumers"):
+                    lines.append(f"brokerfleet_queue_{key}{{queue={label(name)}}} {queue[key]}")
             lines += rate_metrics(name, queue)
             lines += alert_metrics(name, queue)
         for name, dead in broker.get("dead_letters", {}).items():
