@@ -4,32 +4,18 @@ hosts, which serves brokerfleet-check's textfiles (fleet_checks_prometheus_dir i
 molecule.yml); then every query of the Grafana dashboard (dashboards/brokerfleet.json) must
 return data. Grafana itself cannot be installed here; its queries can be run."""
 
-import importlib.util
 import json
-import os
 import shlex
 import time
 import urllib.parse
-from pathlib import Path
 
 import pytest
 from conftest import VHOST, check, in_background, publish, wait_until
 
-ROOT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", "."))
+from brokerfleet import dashboard
 
-
-def load_dashboard_module():
-    """plugins/module_utils/dashboard.py of this checkout, whichever checkout the venv's
-    editable `brokerfleet` points to."""
-    path = ROOT / "plugins" / "module_utils" / "dashboard.py"
-    spec = importlib.util.spec_from_file_location("brokerfleet_dashboard", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-dashboard = load_dashboard_module()
-QUERIES = dashboard.expressions(dashboard.load(ROOT / dashboard.DASHBOARD))
+# molecule/verify.yml runs pytest from the repository's root, where DASHBOARD is.
+QUERIES = dashboard.expressions(dashboard.load())
 
 # Panels with nothing to show in this scenario, and why. Every other panel must have data.
 EMPTY_HERE = {
